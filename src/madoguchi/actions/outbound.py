@@ -1,0 +1,416 @@
+"""Outbound messages and notes: checked, stored as queued with their send job, then recorded as
+sent, delivered, read or failed as the platform answers.
+
+Every refusal happens here, before anything is queued: not the assignee (403 ``not_assignee``),
+a closed window (422 ``window_closed``), a first contact without a template (422
+``template_required``), a template that is unknown, not approved or given the wrong parameters
+(422 ``template_invalid``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from madoguchi.errors import Invalid, NotFound
+from madoguchi.models import (
+    STATUS_RANK,
+    Channel,
+    Contact,
+    ContactIdentity,
+    Conversation,
+    Message,
+    Template,
+    User,
+)
+from madoguchi.providers.base import PlatformError, SentMessage, StatusUpdate
+from madoguchi.providers.registry import provider_class
+from madoguchi.queries.serialize import message_json
+from madoguchi.realtime.publish import publish_on_commit
+from madoguchi.rules import access, window
+
+from . import audit
+from .conversations import lock, publish_conversation
+from .jobs import enqueue
+
+PREVIEW_LENGTH = 120
+
+
+def send_key(conversation: Conversation) -> str:
+    """Sends to one recipient on one number go out strictly in order."""
+    return f"send:{conversation.channel_id}:{conversation.identity.handle}"
+
+
+def publish_message(message: Message, conversation: Conversation, op: str = "add") -> None:
+    publish_on_commit(
+        {
+            "type": "message",
+            "op": op,
+            "conversation_id": conversation.pk,
+            "message": message_json(message),
+        },
+        access.recipients_for(conversation),
+    )
+
+
+def touch_conversation(conversation: Conversation, message: Message) -> None:
+    conversation.last_message_at = message.created_at or timezone.now()
+    conversation.last_message_preview = message.text[:PREVIEW_LENGTH]
+    conversation.save(update_fields=["last_message_at", "last_message_preview"])
+
+
+def queue_message(
+    user: User,
+    conversation: Conversation,
+    *,
+    kind: str,
+    text: str,
+    reply_to: Message | None = None,
+    data: dict[str, Any] | None = None,
+    media: dict[str, Any] | None = None,
+) -> Message:
+    """Store an outbound message as queued with its send job, in one transaction."""
+    with transaction.atomic():
+        conversation = lock(conversation)
+        access.check_can_send(user, conversation)  # again under the lock: no race with a claim
+        message = Message.objects.create(
+            conversation=conversation,
+            channel=conversation.channel,
+            direction="out",
+            kind=kind,
+            text=text,
+            author=user,
+            status="queued",
+            reply_to=reply_to,
+            reply_to_platform_id=(reply_to.platform_message_id or "") if reply_to else "",
+            data=data or {},
+            **(media or {}),
+        )
+        enqueue("send_message", {"message_id": message.pk}, key=send_key(conversation))
+        touch_conversation(conversation, message)
+        audit.record("message.queued", actor=user, conversation=conversation, message=message)
+        publish_message(message, conversation)
+        publish_conversation(conversation)
+    return message
+
+
+def find_reply_target(conversation: Conversation, reply_to_id: int | None) -> Message | None:
+    if reply_to_id is None:
+        return None
+    target = (
+        Message.objects.filter(
+            pk=reply_to_id,
+            conversation__identity_id=conversation.identity_id,
+        )
+        .exclude(kind="note")
+        .first()
+    )
+    if target is None or not target.platform_message_id:
+        raise Invalid("The message to reply to is not in this conversation.", code="invalid_reply")
+    return target
+
+
+def check_send_text(
+    user: User, conversation: Conversation, text: str, *, reply_to_id: int | None = None
+) -> Message:
+    access.check_can_send(user, conversation)
+    text = text.strip()
+    if not text:
+        raise Invalid("The message is empty.", code="empty_message")
+    limit = provider_class(conversation.channel.kind).capabilities.max_text_length
+    if len(text) > limit:
+        raise Invalid(f"The message is longer than {limit} characters.", code="message_too_long")
+    window.check_free_form_allowed(conversation.identity)
+    reply_to = find_reply_target(conversation, reply_to_id)
+    return queue_message(user, conversation, kind="text", text=text, reply_to=reply_to)
+
+
+MEDIA_KINDS = {"image", "audio", "video", "document", "sticker"}
+
+
+def media_kind_for(mime_type: str) -> str:
+    family = mime_type.split("/", 1)[0]
+    if mime_type == "image/webp":
+        return "sticker"
+    return family if family in {"image", "audio", "video"} else "document"
+
+
+def check_send_media(
+    user: User,
+    conversation: Conversation,
+    *,
+    content: bytes,
+    filename: str,
+    mime_type: str,
+    caption: str = "",
+    reply_to_id: int | None = None,
+) -> Message:
+    from madoguchi.providers.whatsapp import guess_extension, media_limit
+
+    access.check_can_send(user, conversation)
+    window.check_free_form_allowed(conversation.identity)
+    if not content:
+        raise Invalid("The file is empty.", code="empty_file")
+    kind = media_kind_for(mime_type)
+    limit = media_limit(kind, mime_type)
+    if len(content) > limit:
+        raise Invalid(
+            f"The file is larger than the platform accepts for {kind} ({limit // 1024} KB).",
+            code="file_too_large",
+        )
+    reply_to = find_reply_target(conversation, reply_to_id)
+    relative = f"outbound/{uuid.uuid4().hex}{guess_extension(mime_type)}"
+    target = Path(settings.MEDIA_ROOT) / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
+    safe_name = Path(filename).name[:200] or target.name
+    return queue_message(
+        user,
+        conversation,
+        kind=kind,
+        text=caption.strip() or f"[{safe_name}]",
+        reply_to=reply_to,
+        data={"caption": caption.strip()},
+        media={
+            "media_mime": mime_type,
+            "media_size": len(content),
+            "media_filename": safe_name,
+            "media_path": relative,
+            "media_state": "stored",
+        },
+    )
+
+
+def resolve_template(channel: Channel, request: dict[str, Any]) -> tuple[Template, dict[str, Any]]:
+    """The synced template a send request names, with the request checked against it."""
+    capabilities = provider_class(channel.kind).capabilities
+    if not capabilities.has_templates:
+        raise Invalid("This channel has no templates.", code="template_invalid")
+    name = str(request.get("name") or "")
+    language = str(request.get("language") or "")
+    template = Template.objects.filter(channel=channel, name=name, language=language).first()
+    if template is None:
+        raise Invalid(
+            f"No template {name!r} in {language!r} on this channel (sync templates?).",
+            code="template_invalid",
+            problems=[{"field": "name", "code": "unknown", "message": "Unknown template"}],
+        )
+    if not template.is_sendable:
+        raise Invalid(
+            f"Template {name!r} is {template.status}, only APPROVED templates can be sent.",
+            code="template_invalid",
+            problems=[{"field": "name", "code": "not_approved", "message": template.status}],
+        )
+    provider = provider_class(channel.kind)
+    problems = provider.template_problems(template_graph(template), request)
+    if problems:
+        raise Invalid(
+            "The template parameters do not match the template: "
+            + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
+            code="template_invalid",
+            problems=problems,
+        )
+    normalized = {
+        "name": template.name,
+        "language": template.language,
+        "parameters": request.get("parameters") or [],
+        "header": request.get("header"),
+        "buttons": request.get("buttons"),
+        "named": template.parameter_format == "NAMED",
+    }
+    return template, normalized
+
+
+def template_graph(template: Template) -> dict[str, Any]:
+    return {
+        "id": template.platform_id,
+        "name": template.name,
+        "language": template.language,
+        "status": template.status,
+        "category": template.category,
+        "parameter_format": template.parameter_format,
+        "components": template.components,
+    }
+
+
+def check_send_template(user: User, conversation: Conversation, request: dict[str, Any]) -> Message:
+    access.check_can_send(user, conversation)
+    template, normalized = resolve_template(conversation.channel, request)
+    text = provider_class(conversation.channel.kind).template_text(
+        template_graph(template), normalized
+    )
+    return queue_message(
+        user, conversation, kind="template", text=text, data={"template": normalized}
+    )
+
+
+def check_start_conversation(
+    user: User, channel: Channel, to: str, *, template: dict[str, Any] | None, text: str = ""
+) -> Message:
+    """A business-initiated contact: only with an approved template (422 template_required)."""
+    if user.is_watcher:
+        access.check_can_write_note(user, None)  # raises read_only
+    provider = provider_class(channel.kind)
+    handle = provider.normalize_handle(to)
+    if not template:
+        raise Invalid(
+            "A business-initiated conversation must start with an approved template.",
+            code="template_required",
+        )
+    template_obj, normalized = resolve_template(channel, template)
+    with transaction.atomic():
+        identity = (
+            ContactIdentity.objects.select_related("contact", "channel")
+            .filter(channel=channel, handle=handle)
+            .first()
+        )
+        if identity is None:
+            contact = Contact.objects.create(name=handle, owner=user)
+            identity = ContactIdentity.objects.create(contact=contact, channel=channel, handle=handle)
+        conversation = (
+            Conversation.objects.filter(identity=identity).exclude(status="resolved").first()
+        )
+        if conversation is None:
+            conversation = Conversation.objects.create(
+                channel=channel,
+                contact=identity.contact,
+                identity=identity,
+                assignee=user,
+                team=channel.team,
+                last_message_at=timezone.now(),
+            )
+            audit.record(
+                "conversation.started", actor=user, conversation=conversation, to=handle
+            )
+        elif conversation.assignee_id is None:
+            conversation.assignee = user
+            conversation.save(update_fields=["assignee"])
+            audit.record("conversation.claimed", actor=user, conversation=conversation)
+        access.check_can_send(user, conversation)
+        text_preview = provider.template_text(template_graph(template_obj), normalized)
+        return queue_message(
+            user,
+            conversation,
+            kind="template",
+            text=text_preview,
+            data={"template": normalized},
+        )
+
+
+def check_add_note(user: User, conversation: Conversation, text: str) -> Message:
+    access.check_can_write_note(user, conversation)
+    text = text.strip()
+    if not text:
+        raise Invalid("The note is empty.", code="empty_message")
+    with transaction.atomic():
+        conversation = lock(conversation)
+        note = Message.objects.create(
+            conversation=conversation,
+            channel=conversation.channel,
+            direction="out",
+            kind="note",
+            text=text,
+            author=user,
+        )
+        audit.record("note.added", actor=user, conversation=conversation, message=note)
+        publish_message(note, conversation)
+    return note
+
+
+def load_for_update(message_id: int) -> Message:
+    try:
+        return (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation", "conversation__channel", "conversation__identity")
+            .select_related("author", "conversation__assignee", "conversation__contact")
+            .get(pk=message_id)
+        )
+    except Message.DoesNotExist:
+        raise NotFound("No such message.") from None
+
+
+def do_record_sent(message_id: int, sent: SentMessage) -> Message:
+    """The platform accepted the message: queued -> sent, with its platform id."""
+    with transaction.atomic():
+        message = load_for_update(message_id)
+        message.platform_message_id = sent.platform_message_id
+        fields = ["platform_message_id"]
+        if STATUS_RANK.get(message.status, -1) < STATUS_RANK["sent"] and message.status != "failed":
+            message.status = "sent"
+            fields.append("status")
+        message.save(update_fields=fields)
+        audit.record(
+            "message.sent",
+            conversation=message.conversation,
+            message=message,
+            platform_id=sent.platform_message_id,
+        )
+        publish_message(message, message.conversation, op="update")
+    return message
+
+
+def do_record_failure(message_id: int, error: PlatformError, reason: str) -> Message:
+    """The platform refused the message for good: failed, with the reason the agent will read."""
+    with transaction.atomic():
+        message = load_for_update(message_id)
+        message.status = "failed"
+        message.error_code = error.code
+        message.error_title = error.title[:255]
+        message.error_details = error.details
+        message.data = {**message.data, "error_reason": reason}
+        message.save(update_fields=["status", "error_code", "error_title", "error_details", "data"])
+        audit.record(
+            "message.failed",
+            conversation=message.conversation,
+            message=message,
+            code=error.code,
+            title=error.title,
+        )
+        publish_message(message, message.conversation, op="update")
+    return message
+
+
+def do_apply_status(channel: Channel, update: StatusUpdate) -> bool | None:
+    """Apply a delivery receipt monotonically. True: changed; False: nothing new (a duplicate or
+    a late ``delivered`` after ``read``); None: no such message (yet)."""
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update(of=("self",))
+            .select_related("conversation", "conversation__channel", "author")
+            .filter(channel=channel, platform_message_id=update.platform_message_id)
+            .first()
+        )
+        if message is None:
+            return None
+        if update.status == "failed":
+            if message.status == "failed":
+                return False
+            error = update.error or PlatformError(code=-1, title="Failed")
+            reason = provider_class(channel.kind).explain_error(error)
+            message.status = "failed"
+            message.error_code = error.code
+            message.error_title = error.title[:255]
+            message.error_details = error.details
+            message.data = {**message.data, "error_reason": reason}
+            fields = ["status", "error_code", "error_title", "error_details", "data"]
+        else:
+            if message.status == "failed":
+                return False
+            if STATUS_RANK.get(update.status, -1) <= STATUS_RANK.get(message.status, -1):
+                return False
+            message.status = update.status
+            fields = ["status"]
+        message.save(update_fields=fields)
+        audit.record(
+            f"message.{update.status}",
+            conversation=message.conversation,
+            message=message,
+            code=update.error.code if update.error else None,
+        )
+        publish_message(message, message.conversation, op="update")
+        return True

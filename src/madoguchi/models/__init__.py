@@ -1,0 +1,30 @@
+"""Madoguchi's models, one module per aggregate."""
+
+from .audit import AuditEvent
+from .channels import Channel, Template, Visibility
+from .contacts import Contact, ContactIdentity
+from .conversations import Conversation, ConversationStatus
+from .jobs import Job, RawEvent, Throttle
+from .messages import STATUS_RANK, Direction, Message
+from .users import ApiToken, Role, Team, User
+
+__all__ = [
+    "STATUS_RANK",
+    "ApiToken",
+    "AuditEvent",
+    "Channel",
+    "Contact",
+    "ContactIdentity",
+    "Conversation",
+    "ConversationStatus",
+    "Direction",
+    "Job",
+    "Message",
+    "RawEvent",
+    "Role",
+    "Team",
+    "Template",
+    "Throttle",
+    "User",
+    "Visibility",
+]

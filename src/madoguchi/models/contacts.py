@@ -1,0 +1,38 @@
+"""Contacts (customers) and their identity on each channel."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from .channels import Channel
+
+
+class Contact(models.Model):
+    name = models.CharField(max_length=200, blank=True)
+    # Sticky ownership (SPEC §2.3): a new conversation from this contact goes to the owner.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name or f"contact {self.pk}"
+
+
+class ContactIdentity(models.Model):
+    """The contact's handle on one channel (WhatsApp: the wa_id)."""
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="identities")
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="identities")
+    handle = models.CharField(max_length=128)
+    profile_name = models.CharField(max_length=200, blank=True)
+    # Platform timestamp of the contact's latest inbound message on this channel (= business
+    # number): the start of the messaging window (SPEC §2.4).
+    last_inbound_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["channel", "handle"], name="identity_unique_handle"),
+            models.UniqueConstraint(fields=["contact", "channel"], name="identity_one_per_channel"),
+        ]

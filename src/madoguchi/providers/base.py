@@ -1,0 +1,271 @@
+"""The provider protocol: what the core expects of every messaging platform.
+
+A provider turns a platform's wire format into the plain dataclasses below (pure code: no ORM, no
+network) and turns an outbound message into the platform's API calls. The core never branches on
+the channel kind: what differs between platforms is declared here (``Capabilities``) or lives in
+the provider module and in ``rules/``.
+
+Errors: every failed platform call raises ``SendError``; ``permanent`` says whether retrying can
+help, ``scope`` says what must wait before a retry (the whole business number, or only one
+recipient), ``retry_after`` is a hint in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+# Message kinds as stored and as exposed by the API (SPEC §4).
+MessageKind = Literal[
+    "text",
+    "image",
+    "audio",
+    "video",
+    "document",
+    "sticker",
+    "location",
+    "contacts",
+    "interactive",
+    "button",
+    "reaction",
+    "order",
+    "system",
+    "template",
+    "note",
+    "unsupported",
+]
+
+DeliveryStatus = Literal["queued", "sent", "delivered", "read", "failed"]
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """Media announced by a webhook; the bytes are fetched later through the provider."""
+
+    platform_media_id: str
+    mime_type: str = ""
+    sha256: str = ""
+    filename: str = ""
+    caption: str = ""
+    # Some payloads carry a direct URL. It is kept for reference only: media is always fetched
+    # through the configured API host, never from a URL found in a payload.
+    url: str = ""
+    voice: bool = False
+    animated: bool = False
+
+
+@dataclass(frozen=True)
+class PlatformError:
+    """An error as the platform reported it (synchronously or in a webhook)."""
+
+    code: int
+    title: str = ""
+    details: str = ""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One message a contact sent to the business.
+
+    ``text`` is always a readable rendering of the message, whatever its kind (a location reads
+    as its name and address, a reaction as its emoji, an unsupported type as a short notice), so
+    that lists and notifications never show an empty preview.
+    """
+
+    platform_message_id: str
+    business_handle: str  # WhatsApp: the phone_number_id the message was sent to
+    sender_handle: str  # WhatsApp: the contact's wa_id
+    sender_name: str
+    timestamp: datetime  # the platform's timestamp (timezone-aware, UTC)
+    kind: MessageKind
+    text: str
+    media: MediaRef | None = None
+    reply_to_platform_id: str | None = None  # the message this one quotes (context.id)
+    reaction_to_platform_id: str | None = None  # kind == "reaction": the message reacted to
+    forwarded: bool = False
+    error: PlatformError | None = None  # e.g. an unsupported type carries 131051
+    data: dict[str, Any] = field(default_factory=dict)  # kind-specific details, JSON-safe
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """A delivery receipt for a message the business sent."""
+
+    platform_message_id: str
+    business_handle: str
+    recipient_handle: str
+    status: Literal["sent", "delivered", "read", "failed"]
+    timestamp: datetime
+    error: PlatformError | None = None
+
+
+@dataclass(frozen=True)
+class TemplateStatusUpdate:
+    """A change of a message template's review status (WhatsApp)."""
+
+    account_handle: str  # WhatsApp: the WABA id
+    template_id: str
+    name: str
+    language: str
+    event: str  # APPROVED, REJECTED, PAUSED, ...
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PlatformNotice:
+    """A platform-level error or notice that is not tied to one message (kept for operators)."""
+
+    business_handle: str
+    error: PlatformError
+
+
+InboundEvent = InboundMessage | StatusUpdate | TemplateStatusUpdate | PlatformNotice
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a channel kind can do; the core reads this instead of testing the kind."""
+
+    has_templates: bool = False
+    # Hours after the contact's latest inbound message during which free-form sends are allowed;
+    # None means no window (email).
+    window_hours: int | None = None
+    read_receipts: bool = False
+    max_text_length: int = 4096
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """What the platform answered to an accepted send."""
+
+    platform_message_id: str
+    recipient_handle: str = ""
+
+
+class SendError(Exception):
+    """A platform call failed.
+
+    ``permanent``: retrying the same request cannot succeed (the message is marked failed with
+    ``error``'s reason). ``scope``: for transient errors, what must wait: ``"number"`` (the whole
+    business number, e.g. throughput 130429), ``"pair"`` (only this recipient, e.g. 131056) or
+    ``"request"`` (just retry this one later, e.g. a 5xx or a timeout).
+    """
+
+    def __init__(
+        self,
+        error: PlatformError,
+        *,
+        permanent: bool,
+        scope: Literal["number", "pair", "request"] = "request",
+        retry_after: float | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(f"({error.code}) {error.title}")
+        self.error = error
+        self.permanent = permanent
+        self.scope = scope
+        self.retry_after = retry_after
+        self.http_status = http_status
+
+
+def as_json(event: InboundEvent) -> dict[str, Any]:
+    """A JSON-safe dict of an event (datetimes as ISO strings), for logs and storage."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(dataclasses.asdict(event))
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """What a provider needs of a channel: plain values, so providers never touch the ORM."""
+
+    id: int
+    kind: str
+    business_handle: str
+    account_handle: str = ""
+    display_handle: str = ""
+    api_base: str = ""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class StoredMedia:
+    """Media bytes fetched from a platform and written to local storage."""
+
+    path: str  # relative to MEDIA_ROOT
+    mime_type: str
+    size: int
+
+
+class MediaTooLarge(Exception):
+    """The platform's media exceeds the size limit for its type; nothing was kept."""
+
+
+class Provider:
+    """Base class of a platform adapter; one instance serves one channel.
+
+    Subclasses set ``kind`` and ``capabilities`` and implement the hooks below. Hooks that call
+    the platform raise ``SendError``; parsing hooks raise the module's payload error.
+    """
+
+    kind: str = ""
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, config: ChannelConfig) -> None:
+        self.config = config
+
+    # -- inbound -------------------------------------------------------------------------
+    def handshake(self, query: dict[str, str]) -> tuple[int, str]:
+        """Answer the platform's webhook verification GET: (HTTP status, plain-text body)."""
+        return 405, ""
+
+    def verify_signature(self, headers: dict[str, str], body: bytes) -> bool:
+        """Whether ``body`` (the raw bytes) was signed by the platform. Constant time."""
+        raise NotImplementedError
+
+    def parse_webhook(self, body: bytes) -> list[InboundEvent]:
+        """Every event of a verified webhook body, as plain dataclasses. Pure."""
+        raise NotImplementedError
+
+    def fetch_media(self, media: MediaRef, destination: str) -> StoredMedia:
+        """Download inbound media into MEDIA_ROOT/destination; MediaTooLarge past the limit."""
+        raise NotImplementedError
+
+    # -- outbound ------------------------------------------------------------------------
+    def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> SentMessage:
+        raise NotImplementedError
+
+    def send_media(
+        self,
+        to: str,
+        kind: str,
+        path: str,
+        mime_type: str,
+        *,
+        filename: str = "",
+        caption: str = "",
+        reply_to: str | None = None,
+    ) -> SentMessage:
+        """Upload the file at MEDIA_ROOT/path, then send it by the platform's media id."""
+        raise NotImplementedError
+
+    def send_template(self, to: str, template: dict[str, Any]) -> SentMessage:
+        """``template``: {"name", "language", "parameters", "header"?, "buttons"?, "named"}."""
+        raise NotImplementedError
+
+    def mark_read(self, platform_message_id: str) -> None:
+        """Tell the platform the business read an inbound message (best effort)."""
+
+    def list_templates(self) -> list[dict[str, Any]]:
+        """Every template of the account, all pages, as the platform describes them."""
+        return []

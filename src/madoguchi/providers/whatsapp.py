@@ -1,0 +1,262 @@
+"""WhatsApp Business Platform, Cloud API (Graph API), for one business phone number.
+
+Implements, after ``shared/platforms/PROTOCOLS.md`` §A and Meta's OpenAPI file v23.0:
+- the webhook handshake (A2) and ``X-Hub-Signature-256`` over the raw body (A3);
+- parsing of every ``messages`` / ``statuses`` / template-status payload (A4-A6), in
+  ``whatsapp_wire`` (pure);
+- sends: text with context, media uploaded then sent by id, templates, read receipts (A7, A11);
+- errors classified as permanent or transient with their scope (A8, A12);
+- templates listed from ``/{waba-id}/message_templates`` following every page (A10);
+- inbound media fetched through ``/{media-id}`` with the bearer token, only from the configured
+  API host, within the platform's size limits (A11).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import mimetypes
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from django.conf import settings
+
+from . import whatsapp_wire as wire
+from .base import (
+    Capabilities,
+    InboundEvent,
+    MediaRef,
+    MediaTooLarge,
+    PlatformError,
+    Provider,
+    SendError,
+    SentMessage,
+    StoredMedia,
+)
+from .http import client
+
+DEFAULT_API_BASE = "https://graph.facebook.com"
+# Meta serves media downloads from its CDN host, not from graph.facebook.com. With a custom
+# api_base (a simulator or a proxy) only that host is trusted.
+META_MEDIA_HOSTS = {"lookaside.fbsbx.com"}
+
+# A11: size limits per media family, in bytes.
+MEDIA_LIMITS = {
+    "audio": 16 * 1024 * 1024,
+    "video": 16 * 1024 * 1024,
+    "image": 5 * 1024 * 1024,
+    "sticker": 500 * 1024,
+    "document": 100 * 1024 * 1024,
+}
+
+
+def media_limit(kind: str, mime_type: str) -> int:
+    if kind in MEDIA_LIMITS:
+        return MEDIA_LIMITS[kind]
+    family = mime_type.split("/", 1)[0]
+    return MEDIA_LIMITS.get(family, MEDIA_LIMITS["document"])
+
+
+class WhatsAppProvider(Provider):
+    kind = "whatsapp"
+    capabilities = Capabilities(
+        has_templates=True, window_hours=24, read_receipts=True, max_text_length=4096
+    )
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def api_base(self) -> str:
+        return (self.config.api_base or DEFAULT_API_BASE).rstrip("/")
+
+    def graph_url(self, path: str) -> str:
+        return f"{self.api_base}/{settings.WHATSAPP_GRAPH_VERSION}/{path.lstrip('/')}"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.secrets.get('access_token', '')}"}
+
+    def call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        """One Graph API call; returns the JSON answer or raises a classified SendError."""
+        try:
+            response = client().request(method, url, headers=self.auth_headers(), **kwargs)
+        except httpx.TimeoutException:
+            raise wire.timeout_error() from None
+        except httpx.HTTPError as exc:
+            raise wire.network_error(type(exc).__name__) from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code != 200 or not isinstance(payload, dict) or "error" in payload:
+            raise wire.classify_error(response.status_code, payload)
+        return payload
+
+    # -- inbound -------------------------------------------------------------------------
+    def handshake(self, query: dict[str, str]) -> tuple[int, str]:
+        expected = self.config.secrets.get("verify_token", "")
+        given = query.get("hub.verify_token", "")
+        if (
+            query.get("hub.mode") == "subscribe"
+            and expected
+            and hmac.compare_digest(given.encode(), expected.encode())
+            and "hub.challenge" in query
+        ):
+            return 200, query["hub.challenge"]
+        return 403, "Forbidden"
+
+    def verify_signature(self, headers: dict[str, str], body: bytes) -> bool:
+        header = headers.get("x-hub-signature-256", "")
+        secret = self.config.secrets.get("app_secret", "")
+        if not header.startswith("sha256=") or not secret:
+            return False
+        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(header[7:].strip().lower().encode(), expected.encode())
+
+    def parse_webhook(self, body: bytes) -> list[InboundEvent]:
+        return wire.parse_webhook(body)
+
+    def fetch_media(self, media: MediaRef, destination: str) -> StoredMedia:
+        info = self.call("GET", self.graph_url(media.platform_media_id))
+        url = str(info.get("url", ""))
+        self.check_media_host(url)
+        mime = str(info.get("mime_type") or media.mime_type or "application/octet-stream")
+        limit = media_limit("", mime)
+        declared = int(info.get("file_size") or 0)
+        if declared > limit:
+            raise MediaTooLarge(f"{declared} bytes > {limit}")
+        target = Path(settings.MEDIA_ROOT) / destination
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".part")
+        size = 0
+        try:
+            with client().stream("GET", url, headers=self.auth_headers()) as response:
+                if response.status_code != 200:
+                    raise SendError(
+                        PlatformError(code=-2, title=f"Media download HTTP {response.status_code}"),
+                        permanent=response.status_code in (401, 403),
+                        http_status=response.status_code,
+                    )
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        size += len(chunk)
+                        if size > limit:
+                            raise MediaTooLarge(f"more than {limit} bytes")
+                        handle.write(chunk)
+            os.replace(partial, target)
+        except httpx.TimeoutException:
+            raise wire.timeout_error() from None
+        except httpx.HTTPError as exc:
+            raise wire.network_error(type(exc).__name__) from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return StoredMedia(path=destination, mime_type=mime, size=size)
+
+    def check_media_host(self, url: str) -> None:
+        """Refuse to send our bearer token anywhere but the configured API (or Meta's CDN)."""
+        parts = urlsplit(url)
+        base = urlsplit(self.api_base)
+        allowed = {(base.scheme, base.netloc)}
+        if not self.config.api_base:
+            allowed |= {("https", host) for host in META_MEDIA_HOSTS}
+        if (parts.scheme, parts.netloc) not in allowed:
+            raise SendError(
+                PlatformError(code=-3, title="Media URL outside the configured API host"),
+                permanent=True,
+            )
+
+    # -- outbound ------------------------------------------------------------------------
+    def send_body(self, body: dict[str, Any]) -> SentMessage:
+        answer = self.call(
+            "POST", self.graph_url(f"{self.config.business_handle}/messages"), json=body
+        )
+        try:
+            message_id = str(answer["messages"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise SendError(
+                PlatformError(code=-4, title="Unexpected answer from the platform"),
+                permanent=False,
+            ) from None
+        contacts = answer.get("contacts") or [{}]
+        return SentMessage(
+            platform_message_id=message_id, recipient_handle=str(contacts[0].get("wa_id", ""))
+        )
+
+    def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> SentMessage:
+        return self.send_body(wire.text_body(to, text, reply_to=reply_to))
+
+    def upload_media(self, path: str, mime_type: str, filename: str) -> str:
+        full = Path(settings.MEDIA_ROOT) / path
+        with full.open("rb") as handle:
+            answer = self.call(
+                "POST",
+                self.graph_url(f"{self.config.business_handle}/media"),
+                data={"messaging_product": "whatsapp", "type": mime_type},
+                files={"file": (filename or full.name, handle, mime_type)},
+            )
+        return str(answer["id"])
+
+    def send_media(
+        self,
+        to: str,
+        kind: str,
+        path: str,
+        mime_type: str,
+        *,
+        filename: str = "",
+        caption: str = "",
+        reply_to: str | None = None,
+    ) -> SentMessage:
+        media_id = self.upload_media(path, mime_type, filename)
+        body = wire.media_body(
+            to, kind, media_id, caption=caption, filename=filename, reply_to=reply_to
+        )
+        return self.send_body(body)
+
+    def send_template(self, to: str, template: dict[str, Any]) -> SentMessage:
+        body = wire.template_body(
+            to,
+            template["name"],
+            template["language"],
+            body_params=template.get("parameters") or [],
+            header=template.get("header"),
+            buttons=template.get("buttons"),
+            named=bool(template.get("named")),
+        )
+        return self.send_body(body)
+
+    def mark_read(self, platform_message_id: str) -> None:
+        self.call(
+            "POST",
+            self.graph_url(f"{self.config.business_handle}/messages"),
+            json=wire.read_receipt_body(platform_message_id),
+        )
+
+    def list_templates(self) -> list[dict[str, Any]]:
+        url: str | None = self.graph_url(f"{self.config.account_handle}/message_templates")
+        params: dict[str, Any] | None = {
+            "limit": 100,
+            "fields": "id,name,language,status,category,parameter_format,components",
+        }
+        templates: list[dict[str, Any]] = []
+        seen_pages = 0
+        while url:
+            self.check_media_host(url)  # a "next" link must stay on the configured API host
+            answer = self.call("GET", url, params=params)
+            templates.extend(item for item in answer.get("data", []) if isinstance(item, dict))
+            url = (answer.get("paging") or {}).get("next")
+            params = None  # the next link carries its own query
+            seen_pages += 1
+            if seen_pages > 1000:  # a platform bug must not loop us forever
+                break
+        return templates
+
+
+def guess_extension(mime_type: str) -> str:
+    return mimetypes.guess_extension(mime_type.split(";")[0].strip()) or ".bin"
+
+
+def new_media_name(kind: str, mime_type: str) -> str:
+    return f"{kind}/{uuid.uuid4().hex}{guess_extension(mime_type)}"

@@ -1,0 +1,126 @@
+"""Who may read and who may act on a conversation (SPEC §2.1, §2.2). One place, no exceptions.
+
+Reading follows the channel's visibility; sending belongs to the assignee alone.
+"""
+
+from __future__ import annotations
+
+from django.db.models import Q
+
+from madoguchi.errors import Forbidden
+from madoguchi.models import Channel, Conversation, User, Visibility
+
+
+def readable_conversations_q(user: User) -> Q:
+    """A filter on Conversation selecting exactly what ``user`` may read."""
+    if not user.is_active:
+        return Q(pk__in=[])
+    if user.is_supervisor_or_admin:
+        return Q()
+    team_ids = list(user.teams.values_list("id", flat=True))
+    return (
+        Q(channel__visibility=Visibility.ALL)
+        | Q(channel__visibility=Visibility.TEAM, channel__team_id__in=team_ids)
+        | Q(channel__visibility=Visibility.TEAM, team_id__in=team_ids)
+        | Q(assignee_id=user.pk)
+    )
+
+
+def can_read(user: User, conversation: Conversation, team_ids: set[int] | None = None) -> bool:
+    """Whether ``user`` may read ``conversation`` (same rule as readable_conversations_q)."""
+    if not user.is_active:
+        return False
+    if user.is_supervisor_or_admin or conversation.assignee_id == user.pk:
+        return True
+    channel: Channel = conversation.channel
+    if channel.visibility == Visibility.ALL:
+        return True
+    if channel.visibility == Visibility.TEAM:
+        if team_ids is None:
+            team_ids = set(user.teams.values_list("id", flat=True))
+        return channel.team_id in team_ids or conversation.team_id in team_ids
+    return False
+
+
+def check_can_send(user: User, conversation: Conversation) -> None:
+    """Only the assignee sends (SPEC §2.1). Raises Forbidden(``not_assignee``)."""
+    if conversation.assignee_id is None:
+        raise Forbidden(
+            "This conversation is unassigned: claim it or have it assigned before replying.",
+            code="not_assignee",
+            assignee=None,
+        )
+    if conversation.assignee_id != user.pk:
+        owner = conversation.assignee
+        raise Forbidden(
+            f"Only the assignee ({owner.label if owner else '?'}) can reply.",
+            code="not_assignee",
+            assignee=owner.pk if owner else None,
+        )
+
+
+def check_can_write_note(user: User, conversation: Conversation) -> None:
+    """Any staff member who can read may add a private note; watchers are read-only."""
+    if user.is_watcher:
+        raise Forbidden("Watchers have read-only access.", code="read_only")
+
+
+def check_can_claim(user: User, conversation: Conversation) -> None:
+    if user.is_watcher:
+        raise Forbidden("Watchers have read-only access.", code="read_only")
+    if conversation.assignee_id is not None and conversation.assignee_id != user.pk:
+        raise Forbidden(
+            "This conversation already has an assignee; ask a supervisor to reassign it.",
+            code="already_assigned",
+        )
+
+
+def check_can_assign(user: User, conversation: Conversation, new_assignee: User | None) -> None:
+    """Supervisors and admins reassign anything; an assignee may transfer their own."""
+    if user.is_supervisor_or_admin:
+        return
+    if user.is_watcher:
+        raise Forbidden("Watchers have read-only access.", code="read_only")
+    if conversation.assignee_id == user.pk and new_assignee is not None:
+        return  # a transfer to a colleague
+    raise Forbidden(
+        "Only the assignee may transfer this conversation; supervisors may reassign it.",
+        code="forbidden",
+    )
+
+
+def check_can_change_status(user: User, conversation: Conversation) -> None:
+    if user.is_supervisor_or_admin or conversation.assignee_id == user.pk:
+        return
+    if conversation.assignee_id is None and not user.is_watcher:
+        return
+    raise Forbidden("Only the assignee or a supervisor can do this.", code="forbidden")
+
+
+def check_is_admin(user: User) -> None:
+    if not user.is_admin:
+        raise Forbidden("Only administrators can do this.", code="forbidden")
+
+
+def check_assignable(user: User) -> None:
+    """Conversations go only to active people who can reply."""
+    if not user.is_active or user.is_watcher:
+        raise Forbidden(
+            "Conversations can only be assigned to active agents.", code="invalid_assignee"
+        )
+
+
+def recipients_for(conversation: Conversation) -> list[int]:
+    """Ids of every active user allowed to read ``conversation``: the audience of its events."""
+    channel: Channel = conversation.channel
+    users = User.objects.filter(is_active=True)
+    if channel.visibility == Visibility.ALL:
+        return list(users.values_list("id", flat=True))
+    allowed = Q(role__in=["admin", "supervisor"])
+    if conversation.assignee_id:
+        allowed |= Q(pk=conversation.assignee_id)
+    if channel.visibility == Visibility.TEAM:
+        team_ids = [t for t in (channel.team_id, conversation.team_id) if t]
+        if team_ids:
+            allowed |= Q(teams__id__in=team_ids)
+    return sorted(set(users.filter(allowed).values_list("id", flat=True)))

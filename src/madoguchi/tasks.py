@@ -1,0 +1,157 @@
+"""Background job handlers: fetch by id, talk to the platform (outside any transaction), then
+record the outcome through an action. ``Reschedule`` asks the worker to try again later."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from madoguchi.actions import outbound
+from madoguchi.actions.channels import do_sync_templates
+from madoguchi.models import Channel, Job, Message, Throttle
+from madoguchi.providers.base import MediaTooLarge, SendError
+from madoguchi.providers.registry import provider_for
+
+log = logging.getLogger(__name__)
+
+
+class Reschedule(Exception):  # noqa: N818 - a control-flow signal, not an error
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+def retry_delay(attempts: int) -> float:
+    base = settings.MADOGUCHI_RETRY_BASE_SECONDS
+    return min(base * (2 ** max(attempts - 1, 0)), 300.0)
+
+
+def reserve_send_slot(channel: Channel) -> float:
+    """Pace sends per business number (``outbound_mps``) across every worker: returns how many
+    seconds to wait before this send may start."""
+    interval = 1.0 / max(channel.outbound_mps, 1)
+    now = time.time()
+    with transaction.atomic():
+        throttle, _ = Throttle.objects.select_for_update().get_or_create(
+            name=f"channel:{channel.pk}"
+        )
+        slot = max(throttle.next_free, now)
+        throttle.next_free = slot + interval
+        throttle.save(update_fields=["next_free"])
+    return slot - now
+
+
+def hold_number(channel: Channel, seconds: float) -> None:
+    """The platform said the number's throughput is exhausted: every send on it waits."""
+    with transaction.atomic():
+        throttle, _ = Throttle.objects.select_for_update().get_or_create(
+            name=f"channel:{channel.pk}"
+        )
+        throttle.next_free = max(throttle.next_free, time.time() + seconds)
+        throttle.save(update_fields=["next_free"])
+
+
+def send_message(job: Job, message_id: int) -> None:
+    message = (
+        Message.objects.select_related("conversation__identity", "channel")
+        .filter(pk=message_id)
+        .first()
+    )
+    if message is None or message.status != "queued" or message.platform_message_id:
+        return  # already sent (or deleted): sending again would double it
+    channel = message.channel
+    wait = reserve_send_slot(channel)
+    if wait > 1.0:
+        raise Reschedule(wait, "pacing")
+    if wait > 0:
+        time.sleep(wait)
+    provider = provider_for(channel)
+    to = message.conversation.identity.handle
+    try:
+        if message.kind == "template":
+            sent = provider.send_template(to, message.data["template"])
+        elif message.kind in outbound.MEDIA_KINDS:
+            sent = provider.send_media(
+                to,
+                message.kind,
+                message.media_path,
+                message.media_mime,
+                filename=message.media_filename,
+                caption=message.data.get("caption", ""),
+                reply_to=message.reply_to_platform_id or None,
+            )
+        else:
+            sent = provider.send_text(to, message.text, reply_to=message.reply_to_platform_id or None)
+    except SendError as exc:
+        if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
+            outbound.do_record_failure(message.pk, exc.error, provider.explain_error(exc.error))
+            return
+        delay = exc.retry_after if exc.retry_after is not None else retry_delay(job.attempts)
+        if exc.scope == "number":
+            hold_number(channel, delay)
+        raise Reschedule(delay, f"{exc.error.code} {exc.error.title}") from None
+    outbound.do_record_sent(message.pk, sent)
+
+
+def fetch_media(job: Job, message_id: int) -> None:
+    message = Message.objects.select_related("channel").filter(pk=message_id).first()
+    if message is None or message.media_state != "pending":
+        return
+    provider = provider_for(message.channel)
+    from madoguchi.actions.media import do_record_media
+    from madoguchi.providers.base import MediaRef
+    from madoguchi.providers.whatsapp import new_media_name
+
+    ref = MediaRef(platform_media_id=message.media_platform_id, mime_type=message.media_mime)
+    try:
+        stored = provider.fetch_media(ref, new_media_name("inbound", message.media_mime))
+    except MediaTooLarge:
+        do_record_media(message.pk, state="too_large")
+        return
+    except SendError as exc:
+        if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
+            do_record_media(message.pk, state="failed")
+            return
+        raise Reschedule(retry_delay(job.attempts), str(exc)) from None
+    do_record_media(message.pk, state="stored", stored=stored)
+
+
+def mark_read(job: Job, message_id: int) -> None:
+    message = Message.objects.select_related("channel").filter(pk=message_id).first()
+    if message is None or not message.platform_message_id:
+        return
+    try:
+        provider_for(message.channel).mark_read(message.platform_message_id)
+    except SendError as exc:
+        # A read receipt is a courtesy: retry transient errors a few times, then let it go.
+        if not exc.permanent and job.attempts < 3:
+            raise Reschedule(retry_delay(job.attempts), str(exc)) from None
+        log.info("read receipt for message %s not sent: %s", message_id, exc)
+
+
+def sync_templates(job: Job, channel_id: int) -> None:
+    channel = Channel.objects.filter(pk=channel_id).first()
+    if channel is None:
+        return
+    try:
+        templates = provider_for(channel).list_templates()
+    except SendError as exc:
+        if not exc.permanent and job.attempts < 5:
+            raise Reschedule(retry_delay(job.attempts), str(exc)) from None
+        log.warning("template sync for channel %s failed: %s", channel_id, exc)
+        return
+    do_sync_templates(channel, templates)
+
+
+HANDLERS: dict[str, Callable[..., Any]] = {
+    "send_message": send_message,
+    "fetch_media": fetch_media,
+    "mark_read": mark_read,
+    "sync_templates": sync_templates,
+}

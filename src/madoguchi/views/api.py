@@ -1,0 +1,345 @@
+"""REST API v1 (SPEC §4): thin views that parse, fetch with a permission check, call an action.
+
+Errors are always ``{"error": {"code": ..., "message": ...}}``; bad input never yields a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Any, Literal
+
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import NinjaAPI, Schema
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer, django_auth
+from pydantic import Field
+
+from madoguchi.actions import conversations as conversation_actions
+from madoguchi.actions import outbound
+from madoguchi.actions.jobs import enqueue
+from madoguchi.errors import Invalid, MadoguchiError, NotFound
+from madoguchi.models import Channel, Template, User
+from madoguchi.queries.conversations import access_conversation, conversations_for, history
+from madoguchi.queries.serialize import conversation_json, message_json, user_json
+from madoguchi.rules.access import check_is_admin
+
+from .auth import user_for_token
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> User | None:
+        user = user_for_token(token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+api = NinjaAPI(
+    title="Madoguchi API",
+    version="1",
+    urls_namespace="api-v1",
+    auth=[TokenAuth(), django_auth],
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+
+
+def error_response(request: HttpRequest, status: int, code: str, message: str, **extra: Any):
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return api.create_response(request, {"error": body}, status=status)
+
+
+@api.exception_handler(MadoguchiError)
+def on_madoguchi_error(request: HttpRequest, exc: MadoguchiError) -> HttpResponse:
+    return error_response(request, exc.status, exc.code, exc.message, **exc.details)
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    problems = [
+        {"field": ".".join(str(p) for p in e.get("loc", [])[1:]), "message": e.get("msg", "")}
+        for e in exc.errors
+    ]
+    return error_response(
+        request, 422, "invalid_request", "The request is not valid.", problems=problems
+    )
+
+
+@api.exception_handler(AuthenticationError)
+def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(request, 401, "unauthorized", "Authentication required.")
+
+
+@api.exception_handler(Http404)
+def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error_response(request, 404, "not_found", "Not found.")
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return error_response(request, exc.status_code, "http_error", str(exc))
+
+
+def current_user(request: HttpRequest) -> User:
+    return request.auth if isinstance(request.auth, User) else request.user  # type: ignore[return-value]
+
+
+# -- schemas ---------------------------------------------------------------------------------
+
+
+class TemplateRequest(Schema):
+    name: str = Field(min_length=1, max_length=512)
+    language: str = Field(min_length=1, max_length=16)
+    parameters: list[Any] | dict[str, Any] = Field(default_factory=list)
+    header: dict[str, Any] | None = None
+    buttons: list[dict[str, Any]] | None = None
+
+
+class SendRequest(Schema):
+    text: str | None = Field(default=None, max_length=65536)
+    reply_to: int | None = None
+    template: TemplateRequest | None = None
+
+
+class StartRequest(Schema):
+    channel: int
+    to: str = Field(min_length=3, max_length=64)
+    template: TemplateRequest | None = None
+    text: str | None = None
+
+
+class AssignRequest(Schema):
+    assignee: int | None
+    note: str = Field(default="", max_length=4000)
+
+
+class StatusRequest(Schema):
+    status: Literal["open", "snoozed", "resolved"]
+    snoozed_until: datetime | None = None
+
+
+class NoteRequest(Schema):
+    text: str = Field(min_length=1, max_length=65536)
+
+
+# -- cursors ---------------------------------------------------------------------------------
+
+
+def encode_cursor(last_message_at: datetime | None, pk: int) -> str:
+    raw = f"{last_message_at.isoformat() if last_message_at else ''}|{pk}"
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime | None, int]:
+    try:
+        stamp, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return (datetime.fromisoformat(stamp) if stamp else None), int(pk)
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("The cursor is not valid.", code="invalid_cursor") from None
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+
+@api.get("/conversations")
+def list_conversations(
+    request: HttpRequest,
+    assignee: str | None = None,
+    status: Literal["open", "snoozed", "resolved", "all"] = "open",
+    channel: int | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+):
+    from django.db.models import Q
+
+    user = current_user(request)
+    if limit < 1 or limit > 200:
+        raise Invalid("limit must be between 1 and 200.", code="invalid_limit")
+    qs = conversations_for(user)
+    if assignee == "me":
+        qs = qs.filter(assignee_id=user.pk)
+    elif assignee == "none":
+        qs = qs.filter(assignee__isnull=True)
+    elif assignee:
+        if not assignee.isdigit():
+            raise Invalid("assignee must be me, none or a user id.", code="invalid_assignee")
+        qs = qs.filter(assignee_id=int(assignee))
+    if status != "all":
+        qs = qs.filter(status=status)
+    if channel is not None:
+        qs = qs.filter(channel_id=channel)
+    if cursor:
+        stamp, pk = decode_cursor(cursor)
+        if stamp is None:
+            qs = qs.filter(last_message_at__isnull=True, pk__lt=pk)
+        else:
+            qs = qs.filter(
+                Q(last_message_at__lt=stamp)
+                | Q(last_message_at=stamp, pk__lt=pk)
+                | Q(last_message_at__isnull=True)
+            )
+    page = list(qs.order_by("-last_message_at", "-id")[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    return {
+        "items": [conversation_json(c) for c in page],
+        "next_cursor": encode_cursor(page[-1].last_message_at, page[-1].pk) if more else None,
+    }
+
+
+@api.post("/conversations", response={202: dict})
+def start_conversation(request: HttpRequest, payload: StartRequest):
+    user = current_user(request)
+    channel = Channel.objects.filter(pk=payload.channel, is_active=True).first()
+    if channel is None:
+        raise NotFound("No such channel.")
+    template = payload.template.dict() if payload.template else None
+    message = outbound.check_start_conversation(
+        user, channel, payload.to, template=template, text=payload.text or ""
+    )
+    conversation = access_conversation(user, message.conversation_id)
+    return 202, {"conversation": conversation_json(conversation), "message": message_json(message)}
+
+
+@api.get("/conversations/{conversation_id}")
+def get_conversation(request: HttpRequest, conversation_id: int):
+    return conversation_json(access_conversation(current_user(request), conversation_id))
+
+
+@api.get("/conversations/{conversation_id}/messages")
+def get_messages(
+    request: HttpRequest, conversation_id: int, before: int | None = None, limit: int = 50
+):
+    user = current_user(request)
+    if limit < 1 or limit > 200:
+        raise Invalid("limit must be between 1 and 200.", code="invalid_limit")
+    conversation = access_conversation(user, conversation_id)
+    messages = history(user, conversation, before_id=before, limit=limit)
+    return {
+        "items": [message_json(m) for m in messages],
+        "next_before": messages[0].pk if len(messages) == limit else None,
+    }
+
+
+@api.post("/conversations/{conversation_id}/messages", response={202: dict})
+def send_message(request: HttpRequest, conversation_id: int, payload: SendRequest):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    if payload.template is not None:
+        message = outbound.check_send_template(user, conversation, payload.template.dict())
+    elif payload.text is not None:
+        message = outbound.check_send_text(
+            user, conversation, payload.text, reply_to_id=payload.reply_to
+        )
+    else:
+        raise Invalid("Give either text or a template.", code="invalid_request")
+    return 202, message_json(message)
+
+
+@api.post("/conversations/{conversation_id}/notes", response={201: dict})
+def add_note(request: HttpRequest, conversation_id: int, payload: NoteRequest):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    return 201, message_json(outbound.check_add_note(user, conversation, payload.text))
+
+
+@api.post("/conversations/{conversation_id}/claim")
+def claim(request: HttpRequest, conversation_id: int):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    return conversation_json(conversation_actions.check_claim(user, conversation))
+
+
+@api.post("/conversations/{conversation_id}/assign")
+def assign(request: HttpRequest, conversation_id: int, payload: AssignRequest):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    assignee = None
+    if payload.assignee is not None:
+        assignee = User.objects.filter(pk=payload.assignee).first()
+        if assignee is None:
+            raise Invalid("No such user.", code="invalid_assignee")
+    updated = conversation_actions.check_assign(user, conversation, assignee, note=payload.note)
+    return conversation_json(updated)
+
+
+@api.post("/conversations/{conversation_id}/status")
+def set_status(request: HttpRequest, conversation_id: int, payload: StatusRequest):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    updated = conversation_actions.check_set_status(
+        user, conversation, payload.status, snoozed_until=payload.snoozed_until
+    )
+    return conversation_json(updated)
+
+
+@api.post("/conversations/{conversation_id}/seen")
+def mark_seen(request: HttpRequest, conversation_id: int):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    return conversation_json(conversation_actions.do_mark_seen(user, conversation))
+
+
+# -- templates, channels, users -------------------------------------------------------------
+
+
+@api.get("/templates")
+def list_templates(request: HttpRequest, channel: int):
+    get_object_or_404(Channel, pk=channel)
+    items = Template.objects.filter(channel_id=channel).order_by("name", "language")
+    return {
+        "items": [
+            {
+                "id": t.pk,
+                "name": t.name,
+                "language": t.language,
+                "status": t.status,
+                "category": t.category,
+                "parameter_format": t.parameter_format,
+                "components": t.components,
+                "sendable": t.is_sendable,
+            }
+            for t in items
+        ]
+    }
+
+
+@api.post("/channels/{channel_id}/templates/sync", response={202: dict})
+def sync_templates(request: HttpRequest, channel_id: int):
+    user = current_user(request)
+    if not user.is_supervisor_or_admin:
+        check_is_admin(user)
+    channel = get_object_or_404(Channel, pk=channel_id)
+    enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")
+    return 202, {"queued": True}
+
+
+@api.get("/channels")
+def list_channels(request: HttpRequest):
+    return {
+        "items": [
+            {
+                "id": c.pk,
+                "kind": c.kind,
+                "name": c.name,
+                "visibility": c.visibility,
+                "webhook_path": c.webhook_path,
+            }
+            for c in Channel.objects.filter(is_active=True).order_by("id")
+        ]
+    }
+
+
+@api.get("/users")
+def list_users(request: HttpRequest):
+    return {
+        "items": [user_json(u) for u in User.objects.filter(is_active=True).order_by("username")]
+    }
+
+
+@api.get("/me")
+def me(request: HttpRequest):
+    return user_json(current_user(request))

@@ -1,0 +1,219 @@
+"""The worker: processes stored webhook bodies and runs background jobs.
+
+Why not a queue library: the queue must work on SQLite alone, survive a worker killed at any
+point (a claimed job must come back, not stay "running" forever), keep sends to one recipient in
+order, and pace sends per business number. django-tasks' database backend leaves tasks of a
+killed worker in limbo (its issue #46), Huey's SQLite storage removes a task when it is dequeued
+(lost on SIGKILL) and RQ needs Redis. So, like Healthchecks, rows are claimed with a conditional
+UPDATE and a lease that expires: identical on SQLite and PostgreSQL, any number of workers.
+Redis, when configured, only wakes idle workers sooner (realtime.wakeup).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from madoguchi.actions.inbound import RetryLater, do_process_raw_event
+from madoguchi.models import Channel, Job, RawEvent
+from madoguchi.providers.registry import provider_for
+from madoguchi.realtime import wakeup
+from madoguchi.tasks import HANDLERS, Reschedule, retry_delay
+
+log = logging.getLogger(__name__)
+
+# Bodies that keep failing (a bug, not a retry) stop being retried after this many attempts;
+# they stay stored with their error for an operator.
+RAW_EVENT_MAX_ATTEMPTS = 20
+
+
+def lease_free(now) -> Q:
+    return Q(lease_until__isnull=True) | Q(lease_until__lt=now)
+
+
+class Worker:
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
+        # Test hook for crash tests: sleep this long after claiming a job, before running it.
+        self.pause_after_claim = float(os.environ.get("MADOGUCHI_FAULT_PAUSE_AFTER_CLAIM", "0"))
+        self.last_schedule_check = 0.0
+
+    # -- raw events ----------------------------------------------------------------------
+    def claim_raw_events(self, limit: int = 20) -> list[RawEvent]:
+        now = timezone.now()
+        ids = list(
+            RawEvent.objects.filter(processed_at__isnull=True, attempts__lt=RAW_EVENT_MAX_ATTEMPTS)
+            .filter(lease_free(now))
+            .order_by("id")
+            .values_list("id", flat=True)[:limit]
+        )
+        claimed = []
+        for raw_id in ids:
+            won = (
+                RawEvent.objects.filter(pk=raw_id, processed_at__isnull=True)
+                .filter(lease_free(now))
+                .update(lease_until=now + self.lease, attempts=F("attempts") + 1)
+            )
+            if won:
+                claimed.append(raw_id)
+        return list(RawEvent.objects.filter(pk__in=claimed).order_by("id"))
+
+    def process_raw_event(self, raw: RawEvent) -> None:
+        channel = Channel.objects.filter(pk=raw.channel_id).first()
+        if channel is None:
+            self.park_raw_event(raw, "channel no longer exists", final=True)
+            return
+        try:
+            events = provider_for(channel).parse_webhook(bytes(raw.body))
+        except Exception as exc:
+            # The body was signed by the platform but cannot be read: keep it for an operator.
+            self.park_raw_event(raw, f"unreadable payload: {exc}", final=True)
+            return
+        try:
+            do_process_raw_event(raw, events)
+        except RetryLater as exc:
+            delay = min(2.0 * raw.attempts, 60.0)
+            RawEvent.objects.filter(pk=raw.pk).update(
+                lease_until=timezone.now() + timedelta(seconds=delay), error=str(exc)[:500]
+            )
+        except Exception:
+            log.exception("processing raw event %s failed", raw.pk)
+            self.park_raw_event(raw, traceback.format_exc(limit=5), final=False)
+
+    def park_raw_event(self, raw: RawEvent, error: str, *, final: bool) -> None:
+        update = {"error": error[:2000]}
+        if final:
+            update["processed_at"] = timezone.now()
+            update["lease_until"] = None
+        else:
+            update["lease_until"] = timezone.now() + timedelta(seconds=retry_delay(raw.attempts))
+        RawEvent.objects.filter(pk=raw.pk).update(**update)
+
+    # -- jobs ----------------------------------------------------------------------------
+    def claim_jobs(self, limit: int = 20) -> list[Job]:
+        now = timezone.now()
+        earlier_same_key = Job.objects.filter(key=OuterRef("key"), id__lt=OuterRef("id")).exclude(
+            key=""
+        )
+        ids = list(
+            Job.objects.filter(run_at__lte=now)
+            .filter(lease_free(now))
+            .filter(~Exists(earlier_same_key))
+            .order_by("run_at", "id")
+            .values_list("id", flat=True)[:limit]
+        )
+        claimed = []
+        for job_id in ids:
+            won = (
+                Job.objects.filter(pk=job_id)
+                .filter(lease_free(now))
+                .update(
+                    lease_until=now + self.lease,
+                    claimed_by=self.name[:64],
+                    attempts=F("attempts") + 1,
+                )
+            )
+            if won:
+                claimed.append(job_id)
+        return list(Job.objects.filter(pk__in=claimed).order_by("run_at", "id"))
+
+    def run_job(self, job: Job) -> None:
+        if self.pause_after_claim:
+            time.sleep(self.pause_after_claim)
+        handler = HANDLERS.get(job.kind)
+        if handler is None:
+            log.error("job %s has unknown kind %r; dropped", job.pk, job.kind)
+            Job.objects.filter(pk=job.pk).delete()
+            return
+        try:
+            handler(job, **job.args)
+        except Reschedule as again:
+            Job.objects.filter(pk=job.pk, claimed_by=job.claimed_by).update(
+                run_at=timezone.now() + timedelta(seconds=again.delay),
+                lease_until=None,
+                last_error=again.reason[:2000],
+            )
+            return
+        except Exception:
+            log.exception("job %s (%s) failed", job.pk, job.kind)
+            Job.objects.filter(pk=job.pk).update(
+                run_at=timezone.now() + timedelta(seconds=retry_delay(job.attempts)),
+                lease_until=None,
+                last_error=traceback.format_exc(limit=5)[:2000],
+            )
+            return
+        Job.objects.filter(pk=job.pk).delete()
+
+    # -- scheduling ----------------------------------------------------------------------
+    def run_schedules(self) -> None:
+        """Periodic work: wake snoozed conversations, sync templates hourly."""
+        from madoguchi.actions.conversations import do_wake_snoozed
+        from madoguchi.actions.jobs import enqueue
+
+        now = time.time()
+        if now - self.last_schedule_check < 30:
+            return
+        self.last_schedule_check = now
+        do_wake_snoozed()
+        interval = settings.TEMPLATE_SYNC_INTERVAL_SECONDS
+        cutoff = timezone.now() - timedelta(seconds=interval)
+        for channel in Channel.objects.filter(is_active=True):
+            key = f"sync:{channel.pk}"
+            if not provider_for(channel).capabilities.has_templates:
+                continue
+            recent = channel.templates.filter(synced_at__gte=cutoff).exists()
+            if not recent and not Job.objects.filter(key=key).exists():
+                enqueue("sync_templates", {"channel_id": channel.pk}, key=key)
+
+    # -- loops ---------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """Process what is due now. Returns how many rows were handled."""
+        done = 0
+        for raw in self.claim_raw_events():
+            self.process_raw_event(raw)
+            done += 1
+        for job in self.claim_jobs():
+            self.run_job(job)
+            done += 1
+        return done
+
+    def run_until_idle(self, timeout: float = 10.0) -> int:
+        """Tests: run until nothing is due (jobs scheduled later are left alone)."""
+        total = 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = self.run_once()
+            total += done
+            if not done:
+                break
+        return total
+
+    def run_forever(self, stop: threading.Event) -> None:
+        log.info("worker %s started", self.name)
+        while not stop.is_set():
+            try:
+                self.run_schedules()
+                done = self.run_once()
+            except Exception:
+                # A dead database must not kill the worker: log, wait, try again.
+                log.exception("worker loop error; retrying")
+                close_old_connections()
+                stop.wait(2.0)
+                continue
+            finally:
+                close_old_connections()
+            if not done:
+                wakeup.local_event.wait(settings.WORKER_POLL_SECONDS)
+                wakeup.local_event.clear()
+        log.info("worker %s stopped", self.name)
