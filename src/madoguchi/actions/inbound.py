@@ -186,11 +186,26 @@ def do_apply_template_status(channel: Channel, update: TemplateStatusUpdate) -> 
     return True
 
 
+def channel_for_event(channel: Channel, business_handle: str) -> Channel | None:
+    """The channel an event belongs to. One app's webhook carries the events of every number of
+    its business account, so an event may name a sibling channel's number."""
+    if not business_handle or business_handle == channel.business_handle:
+        return channel
+    sibling = Channel.objects.filter(
+        kind=channel.kind, business_handle=business_handle, is_active=True
+    ).first()
+    if sibling is None:
+        log.warning("event for unknown number on channel %s skipped", channel.pk)
+    return sibling
+
+
 def apply_event(channel: Channel, event: InboundEvent, outcome: Outcome) -> None:
-    if isinstance(event, InboundMessage):
-        if event.business_handle and event.business_handle != channel.business_handle:
-            log.warning("message for another number on channel %s ignored", channel.pk)
+    if isinstance(event, InboundMessage | StatusUpdate):
+        target = channel_for_event(channel, event.business_handle)
+        if target is None:
             return
+        channel = target
+    if isinstance(event, InboundMessage):
         stored = do_receive_message(channel, event)
         if stored is None:
             outcome.duplicates += 1

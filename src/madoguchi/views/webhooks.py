@@ -18,7 +18,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from madoguchi.models import Channel, RawEvent
@@ -33,7 +33,10 @@ _channels: dict[int, tuple[float, Provider | None]] = {}
 
 
 def load_provider(channel_id: int, kind: str) -> Provider | None:
-    channel = Channel.objects.filter(pk=channel_id, kind=kind, is_active=True).first()
+    try:
+        channel = Channel.objects.filter(pk=channel_id, kind=kind, is_active=True).first()
+    finally:
+        release_connection()
     return provider_for(channel) if channel is not None else None
 
 
@@ -43,7 +46,16 @@ def store_raw_event(channel_id: int, body: bytes) -> int:
     except DatabaseError:
         close_old_connections()
         raise
+    finally:
+        release_connection()
     return raw.pk
+
+
+def release_connection() -> None:
+    """Give a pooled PostgreSQL connection back at once (this path has no request_finished
+    signal to do it). SQLite's connection is kept: reopening it costs more than the insert."""
+    if connection.vendor != "sqlite":
+        connection.close()
 
 
 async def cached_provider(channel_id: int, kind: str) -> Provider | None:

@@ -1,0 +1,248 @@
+"""Test helpers (STYLE §8): named users, request wrappers that assert status and decode JSON,
+an event-capturing helper, a query counter, signed webhook posting and a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "platforms"
+
+PHONE_NUMBER_ID = "106540352242922"
+DISPLAY_NUMBER = "15550783881"
+WABA_ID = "102290129340398"
+APP_SECRET = "test-app-secret-0123456789"
+ACCESS_TOKEN = "test-access-token"
+VERIFY_TOKEN = "test-verify-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def compact(payload: Any) -> bytes:
+    """Meta's serialization: compact JSON, non-ASCII escaped (PROTOCOLS §A3)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign(body: bytes, secret: str = APP_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / "whatsapp" / name).read_text())
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until ``predicate()`` is truthy (for things that happen on other threads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class LiveServer:
+    """uvicorn serving madoguchi.asgi in a thread, on 127.0.0.1 and a free port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            "madoguchi.asgi:application",
+            host="127.0.0.1",
+            port=self.port,
+            lifespan="on",
+            log_level="warning",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def asgi_server_session(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveServer]:
+    server = LiveServer().start()
+    yield server
+    server.stop()
+    with django_db_blocker.unblock():
+        close_database_pools()
+
+
+def close_database_pools() -> None:
+    """Give back every pooled connection, so the test database can be dropped."""
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+        if hasattr(conn, "close_pool"):
+            conn.close_pool()
+
+
+@pytest.fixture
+def server(asgi_server_session: LiveServer, transactional_db: None) -> LiveServer:
+    from madoguchi.views import webhooks
+
+    webhooks._channels.clear()
+    return asgi_server_session
+
+
+class Api:
+    """REST calls as one user, asserting the status and decoding JSON."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.client = httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
+        )
+
+    def call(self, method: str, path: str, status: int = 200, **kwargs: Any) -> Any:
+        response = self.client.request(method, "/api/v1" + path, **kwargs)
+        assert response.status_code == status, (response.status_code, response.text)
+        return response.json()
+
+    def get(self, path: str, status: int = 200, **kwargs: Any) -> Any:
+        return self.call("GET", path, status, **kwargs)
+
+    def post(self, path: str, json: Any = None, status: int = 200) -> Any:
+        return self.call("POST", path, status, json=json)
+
+
+@pytest.fixture
+def users(db: None) -> dict[str, Any]:
+    """Named users: an admin, a supervisor, two agents, a watcher."""
+    from madoguchi.actions.users import do_create_user
+
+    named = {}
+    for username, role in [
+        ("admin", "admin"),
+        ("sora", "supervisor"),
+        ("aiko", "agent"),
+        ("ben", "agent"),
+        ("wendy", "watcher"),
+    ]:
+        named[username], _ = do_create_user(
+            None, username, role=role, password="a-long-test-password-1", display_name=username
+        )
+    return named
+
+
+@pytest.fixture
+def api_as(users: dict[str, Any], server: LiveServer) -> Callable[[str], Api]:
+    from madoguchi.actions.users import do_create_token
+
+    cache: dict[str, Api] = {}
+
+    def make(username: str) -> Api:
+        if username not in cache:
+            cache[username] = Api(server.url, do_create_token(None, users[username], "test"))
+        return cache[username]
+
+    return make
+
+
+@pytest.fixture
+def worker() -> Any:
+    from madoguchi.worker import Worker
+
+    return Worker(name="test-worker")
+
+
+class EventLog:
+    def __init__(self) -> None:
+        self.events: list[tuple[dict[str, Any], list[int]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any], recipients: list[int]) -> None:
+        with self.lock:
+            self.events.append((event, recipients))
+
+    def of_type(self, kind: str) -> list[tuple[dict[str, Any], list[int]]]:
+        with self.lock:
+            return [(e, r) for e, r in self.events if e.get("type") == kind]
+
+
+@pytest.fixture
+def events() -> Iterator[EventLog]:
+    """Every real-time event published during the test, with its recipients."""
+    from madoguchi.realtime.publish import add_listener, remove_listener
+
+    log = EventLog()
+    add_listener(log)
+    yield log
+    remove_listener(log)
+
+
+@contextmanager
+def assert_num_queries_at_most(limit: int) -> Iterator[None]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        yield
+    assert len(ctx.captured_queries) <= limit, [q["sql"] for q in ctx.captured_queries]
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def channel(db: None) -> Any:
+    """A WhatsApp channel whose API base points at nothing (inbound-only tests)."""
+    from madoguchi.actions.channels import do_create_channel
+
+    return do_create_channel(
+        None,
+        kind="whatsapp",
+        name="Shop WhatsApp",
+        business_handle=PHONE_NUMBER_ID,
+        account_handle=WABA_ID,
+        display_handle=DISPLAY_NUMBER,
+        api_base=f"http://127.0.0.1:{free_port()}",
+        secrets={"access_token": ACCESS_TOKEN, "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN},
+    )
+
+
+def post_webhook(
+    server: LiveServer,
+    channel: Any,
+    payload: Any,
+    *,
+    secret: str = APP_SECRET,
+    signature: str | None = None,
+    raw: bytes | None = None,
+) -> httpx.Response:
+    """POST a WhatsApp webhook to the live server, signed as Meta signs it."""
+    body = raw if raw is not None else compact(payload)
+    headers = {"Content-Type": "application/json"}
+    headers["X-Hub-Signature-256"] = signature if signature is not None else sign(body, secret)
+    if signature == "":
+        del headers["X-Hub-Signature-256"]
+    return httpx.post(f"{server.url}{channel.webhook_path}", content=body, headers=headers, timeout=20)
