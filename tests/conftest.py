@@ -11,3 +11,14 @@ os.environ.setdefault("MADOGUCHI_RETRY_BASE_SECONDS", "0.05")
 os.environ.setdefault("MADOGUCHI_JOB_LEASE_SECONDS", "30")
 
 pytest_plugins = ["tests.helpers"]
+
+
+def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
+    """CI must not pass with tests silently skipped (e.g. a database that was not reachable)."""
+    if os.environ.get("MADOGUCHI_FAIL_ON_SKIP") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if skipped and session.exitstatus == 0:
+        print(f"\n{skipped} tests were skipped: failing (MADOGUCHI_FAIL_ON_SKIP=1)")
+        session.exitstatus = 1

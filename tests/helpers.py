@@ -246,3 +246,100 @@ def post_webhook(
     if signature == "":
         del headers["X-Hub-Signature-256"]
     return httpx.post(f"{server.url}{channel.webhook_path}", content=body, headers=headers, timeout=20)
+
+
+_counter = iter(range(10**9))
+
+
+def text_payload(
+    wa_id: str, name: str, text: str, *, timestamp: int | None = None, message_id: str = ""
+) -> dict[str, Any]:
+    """A WhatsApp ``messages`` webhook with one text message (PROTOCOLS §A4 envelope)."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WABA_ID,
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": DISPLAY_NUMBER,
+                                "phone_number_id": PHONE_NUMBER_ID,
+                            },
+                            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+                            "messages": [
+                                {
+                                    "from": wa_id,
+                                    "id": message_id or f"wamid.test{next(_counter)}",
+                                    "timestamp": str(timestamp or int(time.time())),
+                                    "type": "text",
+                                    "text": {"body": text},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def status_payload(
+    message_id: str, status: str, *, recipient: str, errors: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": message_id,
+        "status": status,
+        "timestamp": str(int(time.time())),
+        "recipient_id": recipient,
+    }
+    if errors:
+        item["errors"] = errors
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WABA_ID,
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": DISPLAY_NUMBER,
+                                "phone_number_id": PHONE_NUMBER_ID,
+                            },
+                            "statuses": [item],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def customer_writes(server: LiveServer, channel: Any, worker: Any) -> Callable[..., Any]:
+    """A customer message through the webhook and the worker; returns its conversation."""
+
+    def write(wa_id: str = "16505551234", name: str = "Sheena", text: str = "Hello",
+              timestamp: int | None = None) -> Any:
+        from madoguchi.models import Conversation
+
+        response = post_webhook(server, channel, text_payload(wa_id, name, text, timestamp=timestamp))
+        assert response.status_code == 200, response.text
+        worker.run_until_idle()
+        return Conversation.objects.filter(identity__handle=wa_id).exclude(status="resolved").get()
+
+    return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing() -> None:
+    """Argon2 is deliberately slow; tests create many users. (A test checks the real setting.)"""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -269,3 +269,28 @@ class Provider:
     def list_templates(self) -> list[dict[str, Any]]:
         """Every template of the account, all pages, as the platform describes them."""
         return []
+
+    # -- rules the core asks about (class-level: no channel needed) ------------------------
+    @classmethod
+    def normalize_handle(cls, raw: str) -> str:
+        """The platform handle for a user-typed address (e.g. a phone number); raises
+        madoguchi.errors.Invalid when it cannot be one."""
+        raise NotImplementedError
+
+    @classmethod
+    def template_problems(
+        cls, template: dict[str, Any], request: dict[str, Any]
+    ) -> list[dict[str, str]]:
+        """Why ``request`` (name, language, parameters, header, buttons) does not fit the synced
+        ``template`` (the platform's description): a list of {field, code, message}."""
+        return [{"field": "template", "code": "unsupported", "message": "No templates here"}]
+
+    @classmethod
+    def template_text(cls, template: dict[str, Any], request: dict[str, Any]) -> str:
+        """The readable text of a template send, stored as the outbound message's text."""
+        return f"[Template: {template.get('name', '')}]"
+
+    @classmethod
+    def explain_error(cls, error: PlatformError) -> str:
+        """A short explanation of a platform error for the agent."""
+        return error.details or error.title or f"Error {error.code}"

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 from django.conf import settings
 
+from madoguchi.errors import Invalid
+
 from . import whatsapp_wire as wire
 from .base import (
     Capabilities,
@@ -252,6 +254,48 @@ class WhatsAppProvider(Provider):
             if seen_pages > 1000:  # a platform bug must not loop us forever
                 break
         return templates
+
+
+    # -- rules ---------------------------------------------------------------------------
+    @classmethod
+    def normalize_handle(cls, raw: str) -> str:
+        """A wa_id (digits, country code first, no "+") from a phone number as people type it."""
+        import phonenumbers
+
+        text = raw.strip()
+        if not text.startswith("+"):
+            text = "+" + text.lstrip("0")
+        try:
+            number = phonenumbers.parse(text, None)
+        except phonenumbers.NumberParseException:
+            raise Invalid(
+                "Not a phone number: give it with its country code, e.g. +81 90 1234 5678.",
+                code="invalid_phone_number",
+            ) from None
+        if not phonenumbers.is_valid_number(number):
+            raise Invalid(
+                "This phone number is not valid for its country.", code="invalid_phone_number"
+            )
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+
+    @classmethod
+    def template_problems(
+        cls, template: dict[str, Any], request: dict[str, Any]
+    ) -> list[dict[str, str]]:
+        spec = wire.TemplateSpec.from_graph(template)
+        problems = wire.check_template_params(
+            spec, request.get("parameters"), request.get("header"), request.get("buttons")
+        )
+        return [{"field": p.field, "code": p.code, "message": p.message} for p in problems]
+
+    @classmethod
+    def template_text(cls, template: dict[str, Any], request: dict[str, Any]) -> str:
+        spec = wire.TemplateSpec.from_graph(template)
+        return wire.render_template_text(spec, request.get("parameters"), request.get("header"))
+
+    @classmethod
+    def explain_error(cls, error: PlatformError) -> str:
+        return wire.readable_reason(error)
 
 
 def guess_extension(mime_type: str) -> str:

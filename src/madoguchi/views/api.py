@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from ninja import NinjaAPI, Schema
+from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
 from pydantic import Field
@@ -80,7 +80,8 @@ def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    return error_response(request, exc.status_code, "http_error", str(exc))
+    code = "malformed_json" if "parse request body" in str(exc) else "bad_request"
+    return error_response(request, exc.status_code, code, str(exc))
 
 
 def current_user(request: HttpRequest) -> User:
@@ -201,7 +202,7 @@ def start_conversation(request: HttpRequest, payload: StartRequest):
         user, channel, payload.to, template=template, text=payload.text or ""
     )
     conversation = access_conversation(user, message.conversation_id)
-    return 202, {"conversation": conversation_json(conversation), "message": message_json(message)}
+    return Status(202, {"conversation": conversation_json(conversation), "message": message_json(message)})
 
 
 @api.get("/conversations/{conversation_id}")
@@ -236,14 +237,14 @@ def send_message(request: HttpRequest, conversation_id: int, payload: SendReques
         )
     else:
         raise Invalid("Give either text or a template.", code="invalid_request")
-    return 202, message_json(message)
+    return Status(202, message_json(message))
 
 
 @api.post("/conversations/{conversation_id}/notes", response={201: dict})
 def add_note(request: HttpRequest, conversation_id: int, payload: NoteRequest):
     user = current_user(request)
     conversation = access_conversation(user, conversation_id)
-    return 201, message_json(outbound.check_add_note(user, conversation, payload.text))
+    return Status(201, message_json(outbound.check_add_note(user, conversation, payload.text)))
 
 
 @api.post("/conversations/{conversation_id}/claim")
@@ -314,7 +315,7 @@ def sync_templates(request: HttpRequest, channel_id: int):
         check_is_admin(user)
     channel = get_object_or_404(Channel, pk=channel_id)
     enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")
-    return 202, {"queued": True}
+    return Status(202, {"queued": True})
 
 
 @api.get("/channels")
