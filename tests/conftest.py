@@ -9,6 +9,7 @@ import tempfile
 os.environ.setdefault("MADOGUCHI_DATA_DIR", tempfile.mkdtemp(prefix="madoguchi-test-"))
 os.environ.setdefault("MADOGUCHI_RETRY_BASE_SECONDS", "0.05")
 os.environ.setdefault("MADOGUCHI_JOB_LEASE_SECONDS", "30")
+os.environ.setdefault("MADOGUCHI_PAIR_RETRY_BASE_SECONDS", "0.05")
 
 pytest_plugins = ["tests.helpers"]
 

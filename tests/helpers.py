@@ -226,7 +226,11 @@ def channel(db: None) -> Any:
         account_handle=WABA_ID,
         display_handle=DISPLAY_NUMBER,
         api_base=f"http://127.0.0.1:{free_port()}",
-        secrets={"access_token": ACCESS_TOKEN, "app_secret": APP_SECRET, "verify_token": VERIFY_TOKEN},
+        secrets={
+            "access_token": ACCESS_TOKEN,
+            "app_secret": APP_SECRET,
+            "verify_token": VERIFY_TOKEN,
+        },
     )
 
 
@@ -245,7 +249,9 @@ def post_webhook(
     headers["X-Hub-Signature-256"] = signature if signature is not None else sign(body, secret)
     if signature == "":
         del headers["X-Hub-Signature-256"]
-    return httpx.post(f"{server.url}{channel.webhook_path}", content=body, headers=headers, timeout=20)
+    return httpx.post(
+        f"{server.url}{channel.webhook_path}", content=body, headers=headers, timeout=20
+    )
 
 
 _counter = iter(range(10**9))
@@ -325,11 +331,17 @@ def status_payload(
 def customer_writes(server: LiveServer, channel: Any, worker: Any) -> Callable[..., Any]:
     """A customer message through the webhook and the worker; returns its conversation."""
 
-    def write(wa_id: str = "16505551234", name: str = "Sheena", text: str = "Hello",
-              timestamp: int | None = None) -> Any:
+    def write(
+        wa_id: str = "16505551234",
+        name: str = "Sheena",
+        text: str = "Hello",
+        timestamp: int | None = None,
+    ) -> Any:
         from madoguchi.models import Conversation
 
-        response = post_webhook(server, channel, text_payload(wa_id, name, text, timestamp=timestamp))
+        response = post_webhook(
+            server, channel, text_payload(wa_id, name, text, timestamp=timestamp)
+        )
         assert response.status_code == 200, response.text
         worker.run_until_idle()
         return Conversation.objects.filter(identity__handle=wa_id).exclude(status="resolved").get()
@@ -343,3 +355,50 @@ def fast_password_hashing() -> None:
     from django.conf import settings
 
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+class Sim:
+    """The WhatsApp simulator serving on 127.0.0.1, wired to a channel of the live server."""
+
+    def __init__(self, simulator: Any, running: Any, channel: Any) -> None:
+        self.simulator = simulator
+        self.running = running
+        self.channel = channel
+
+    def customer_sends(self, wa_id: str, name: str, message: Any, **kwargs: Any) -> str:
+        return self.simulator.customer_sends(PHONE_NUMBER_ID, wa_id, name, message, **kwargs)
+
+    def sent_to(self, wa_id: str | None = None) -> list[Any]:
+        return self.simulator.sent_to(PHONE_NUMBER_ID, wa_id)
+
+
+@pytest.fixture
+def sim(server: LiveServer, channel: Any) -> Iterator[Sim]:
+    """A fresh simulator per test; ``channel`` talks to it and it posts to ``server``."""
+    from madoguchi.simulators.whatsapp import WhatsAppSimulator
+
+    simulator = WhatsAppSimulator(status_delays=(0.01, 0.01, 0.01), retry_delays=(0.05, 0.1, 0.2))
+    running = simulator.serve_in_thread()
+    simulator.add_number(
+        phone_number_id=PHONE_NUMBER_ID,
+        waba_id=WABA_ID,
+        display_phone_number=DISPLAY_NUMBER,
+        access_token=ACCESS_TOKEN,
+        app_secret=APP_SECRET,
+        webhook_url=f"{server.url}{channel.webhook_path}",
+    )
+    channel.api_base = running.url
+    channel.save(update_fields=["api_base"])
+    yield Sim(simulator, running, channel)
+    running.stop()
+    simulator.close()
+
+
+def run_worker_until(worker: Any, predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Run the worker (webhooks from the simulator keep arriving) until ``predicate()``."""
+
+    def step() -> Any:
+        worker.run_once()
+        return predicate()
+
+    return wait_for(step, timeout=timeout, interval=0.02)

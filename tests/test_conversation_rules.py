@@ -127,9 +127,7 @@ def test_a_free_form_send_outside_the_window_is_refused_before_queueing(api_as, 
         f"/conversations/{conversation.pk}/messages", {"text": "Hi"}, status=422
     )["error"]
     assert error["code"] == "window_closed"
-    assert error["closed_at"].startswith(
-        time.strftime("%Y-%m-%dT%H", time.gmtime(old + 24 * 3600))
-    )
+    assert error["closed_at"].startswith(time.strftime("%Y-%m-%dT%H", time.gmtime(old + 24 * 3600)))
     assert not Job.objects.filter(kind="send_message").exists()
 
 
@@ -146,7 +144,8 @@ def test_the_window_runs_from_the_latest_platform_timestamp_not_arrival(api_as, 
 
 def test_a_business_initiated_contact_needs_a_template(api_as, channel, users):
     error = api_as("aiko").post(
-        "/conversations", {"channel": channel.pk, "to": "+81 90 1234 5678", "text": "Hi"},
+        "/conversations",
+        {"channel": channel.pk, "to": "+81 90 1234 5678", "text": "Hi"},
         status=422,
     )["error"]
     assert error["code"] == "template_required"

@@ -9,16 +9,15 @@ from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "madoguchi.settings")
 
-from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.asgi import get_asgi_application
 
 django_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.urls import path  # noqa: E402
-
 from django.conf import settings  # noqa: E402
+from django.urls import path  # noqa: E402
 from starlette.staticfiles import StaticFiles  # noqa: E402
 
 from madoguchi.realtime.consumers import EventsConsumer  # noqa: E402

@@ -182,7 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--label", default="")
     create.set_defaults(func=cmd_token_create)
 
-    channel = sub.add_parser("channel", help="channels").add_subparsers(dest="action", required=True)
+    channel = sub.add_parser("channel", help="channels").add_subparsers(
+        dest="action", required=True
+    )
     channel_add = channel.add_parser("add", help="connect a channel").add_subparsers(
         dest="kind", required=True
     )

@@ -13,14 +13,16 @@ from django.db import transaction
 
 from madoguchi.actions import outbound
 from madoguchi.actions.channels import do_sync_templates
+from madoguchi.actions.media import do_record_media
 from madoguchi.models import Channel, Job, Message, Throttle
-from madoguchi.providers.base import MediaTooLarge, SendError
+from madoguchi.providers.base import MediaRef, MediaTooLarge, SendError
 from madoguchi.providers.registry import provider_for
+from madoguchi.storage import new_media_name
 
 log = logging.getLogger(__name__)
 
 
-class Reschedule(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Reschedule(Exception):
     def __init__(self, delay: float, reason: str) -> None:
         super().__init__(reason)
         self.delay = delay
@@ -87,12 +89,21 @@ def send_message(job: Job, message_id: int) -> None:
                 reply_to=message.reply_to_platform_id or None,
             )
         else:
-            sent = provider.send_text(to, message.text, reply_to=message.reply_to_platform_id or None)
+            sent = provider.send_text(
+                to, message.text, reply_to=message.reply_to_platform_id or None
+            )
     except SendError as exc:
         if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
             outbound.do_record_failure(message.pk, exc.error, provider.explain_error(exc.error))
             return
-        delay = exc.retry_after if exc.retry_after is not None else retry_delay(job.attempts)
+        if exc.scope == "pair":
+            # Meta: after 131056 retry in 4^X seconds, X from 0. Only this recipient waits (its
+            # later messages queue behind this one); other recipients go on.
+            delay = settings.PAIR_RETRY_BASE_SECONDS * 4 ** min(job.attempts - 1, 5)
+        elif exc.retry_after is not None:
+            delay = exc.retry_after
+        else:
+            delay = retry_delay(job.attempts)
         if exc.scope == "number":
             hold_number(channel, delay)
         raise Reschedule(delay, f"{exc.error.code} {exc.error.title}") from None
@@ -104,9 +115,6 @@ def fetch_media(job: Job, message_id: int) -> None:
     if message is None or message.media_state != "pending":
         return
     provider = provider_for(message.channel)
-    from madoguchi.actions.media import do_record_media
-    from madoguchi.providers.base import MediaRef
-    from madoguchi.providers.whatsapp import new_media_name
 
     ref = MediaRef(platform_media_id=message.media_platform_id, mime_type=message.media_mime)
     try:

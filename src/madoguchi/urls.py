@@ -7,7 +7,9 @@ from madoguchi.views.api import api
 from madoguchi.views.console import pages
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(template_name="madoguchi/login.html"), name="login"),
+    path(
+        "login/", auth_views.LoginView.as_view(template_name="madoguchi/login.html"), name="login"
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", pages.inbox, name="inbox"),
     path("c/<int:conversation_id>", pages.conversation, name="conversation"),

@@ -29,7 +29,11 @@ def test_it_answers_the_handshake_with_the_challenge_verbatim(server, channel):
     response = handshake(
         server,
         channel,
-        **{"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"},
+        **{
+            "hub.mode": "subscribe",
+            "hub.verify_token": VERIFY_TOKEN,
+            "hub.challenge": "1158201444",
+        },
     )
     assert response.status_code == 200
     assert response.text == "1158201444"
@@ -47,9 +51,7 @@ def test_it_refuses_a_handshake_with_a_wrong_token_or_mode(server, channel, para
     assert handshake(server, channel, **params).status_code == 403
 
 
-def test_it_stores_a_signed_message_before_answering_and_processes_it(
-    server, channel, worker
-):
+def test_it_stores_a_signed_message_before_answering_and_processes_it(server, channel, worker):
     response = post_webhook(server, channel, load_fixture("text.json"))
     assert response.status_code == 200
     assert RawEvent.objects.count() == 1  # stored before the 200
@@ -62,9 +64,7 @@ def test_it_stores_a_signed_message_before_answering_and_processes_it(
 
 
 @pytest.mark.parametrize("signature", ["", "sha256=" + "0" * 64, "sha1=abc", "garbage"])
-def test_it_refuses_a_forged_or_missing_signature_and_stores_nothing(
-    server, channel, signature
-):
+def test_it_refuses_a_forged_or_missing_signature_and_stores_nothing(server, channel, signature):
     response = post_webhook(server, channel, load_fixture("text.json"), signature=signature)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_signature"
@@ -97,9 +97,11 @@ def test_it_stores_one_message_for_a_duplicate_delivery(server, channel, worker)
 
 
 def test_it_refuses_an_oversized_body_with_413_and_stores_nothing(server, channel, settings):
-    body = b'{"object":"whatsapp_business_account","entry":[],"pad":"' + b"x" * (
-        3 * 1024 * 1024
-    ) + b'"}'
+    body = (
+        b'{"object":"whatsapp_business_account","entry":[],"pad":"'
+        + b"x" * (3 * 1024 * 1024)
+        + b'"}'
+    )
     response = post_webhook(server, channel, None, raw=body)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"

@@ -86,7 +86,5 @@ def do_sync_templates(channel: Channel, templates: list[dict[str, Any]]) -> int:
             if (t.name, t.language) not in seen
         ]
         Template.objects.filter(pk__in=stale).delete()
-        audit.record(
-            "templates.synced", channel=channel.pk, count=len(seen), removed=len(stale)
-        )
+        audit.record("templates.synced", channel=channel.pk, count=len(seen), removed=len(stale))
     return len(seen)

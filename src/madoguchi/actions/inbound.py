@@ -131,7 +131,9 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
         error_code=inbound.error.code if inbound.error else None,
         error_title=inbound.error.title[:255] if inbound.error else "",
         error_details=inbound.error.details if inbound.error else "",
-        data={**inbound.data, "forwarded": inbound.forwarded} if inbound.forwarded else inbound.data,
+        data={**inbound.data, "forwarded": inbound.forwarded}
+        if inbound.forwarded
+        else inbound.data,
         media_platform_id=media.platform_media_id if media else "",
         media_mime=media.mime_type if media else "",
         media_filename=media.filename if media else "",
@@ -152,19 +154,21 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
     if media:
         enqueue("fetch_media", {"message_id": message.pk})
     audit.record("message.received", conversation=conversation, message=message)
-    conversation = (
-        Conversation.objects.select_related("channel", "contact", "identity", "assignee")
-        .get(pk=conversation.pk)
-    )
+    conversation = Conversation.objects.select_related(
+        "channel", "contact", "identity", "assignee"
+    ).get(pk=conversation.pk)
     publish_message(message, conversation)
     publish_conversation(conversation)
     return message
 
 
 def do_apply_template_status(channel: Channel, update: TemplateStatusUpdate) -> bool:
-    template = Template.objects.filter(channel=channel, name=update.name).filter(
-        language__iexact=update.language.replace("-", "_")
-    ).first() or Template.objects.filter(channel=channel, platform_id=update.template_id).first()
+    template = (
+        Template.objects.filter(channel=channel, name=update.name)
+        .filter(language__iexact=update.language.replace("-", "_"))
+        .first()
+        or Template.objects.filter(channel=channel, platform_id=update.template_id).first()
+    )
     if template is None:
         # Not synced yet: fetch the full definition from the platform.
         enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")

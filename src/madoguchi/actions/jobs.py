@@ -13,7 +13,9 @@ from madoguchi.models import Job
 from madoguchi.realtime import wakeup
 
 
-def enqueue(kind: str, args: dict[str, Any], *, key: str = "", run_at: datetime | None = None) -> Job:
+def enqueue(
+    kind: str, args: dict[str, Any], *, key: str = "", run_at: datetime | None = None
+) -> Job:
     job = Job.objects.create(kind=kind, args=args, key=key, run_at=run_at or timezone.now())
     transaction.on_commit(wakeup.notify)
     return job

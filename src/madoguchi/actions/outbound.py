@@ -9,7 +9,6 @@ a closed window (422 ``window_closed``), a first contact without a template (422
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from madoguchi.providers.registry import provider_class
 from madoguchi.queries.serialize import message_json
 from madoguchi.realtime.publish import publish_on_commit
 from madoguchi.rules import access, window
+from madoguchi.storage import new_media_name
 
 from . import audit
 from .conversations import lock, publish_conversation
@@ -150,21 +150,25 @@ def check_send_media(
     caption: str = "",
     reply_to_id: int | None = None,
 ) -> Message:
-    from madoguchi.providers.whatsapp import guess_extension, media_limit
-
     access.check_can_send(user, conversation)
     window.check_free_form_allowed(conversation.identity)
     if not content:
         raise Invalid("The file is empty.", code="empty_file")
     kind = media_kind_for(mime_type)
-    limit = media_limit(kind, mime_type)
+    provider = provider_class(conversation.channel.kind)
+    if caption.strip() and kind not in provider.capabilities.caption_kinds:
+        raise Invalid(
+            f"A {kind} cannot carry a caption on this channel: send the text separately.",
+            code="caption_not_supported",
+        )
+    limit = provider.media_limit(kind, mime_type)
     if len(content) > limit:
         raise Invalid(
             f"The file is larger than the platform accepts for {kind} ({limit // 1024} KB).",
             code="file_too_large",
         )
     reply_to = find_reply_target(conversation, reply_to_id)
-    relative = f"outbound/{uuid.uuid4().hex}{guess_extension(mime_type)}"
+    relative = new_media_name("outbound", mime_type)
     target = Path(settings.MEDIA_ROOT) / relative
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(content)
@@ -271,7 +275,9 @@ def check_start_conversation(
         )
         if identity is None:
             contact = Contact.objects.create(name=handle, owner=user)
-            identity = ContactIdentity.objects.create(contact=contact, channel=channel, handle=handle)
+            identity = ContactIdentity.objects.create(
+                contact=contact, channel=channel, handle=handle
+            )
         conversation = (
             Conversation.objects.filter(identity=identity).exclude(status="resolved").first()
         )
@@ -284,9 +290,7 @@ def check_start_conversation(
                 team=channel.team,
                 last_message_at=timezone.now(),
             )
-            audit.record(
-                "conversation.started", actor=user, conversation=conversation, to=handle
-            )
+            audit.record("conversation.started", actor=user, conversation=conversation, to=handle)
         elif conversation.assignee_id is None:
             conversation.assignee = user
             conversation.save(update_fields=["assignee"])

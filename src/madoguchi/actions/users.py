@@ -59,8 +59,6 @@ def do_create_token(actor: User | None, user: User, name: str) -> str:
     """A new API token for ``user``; the token itself is returned once and never stored."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with transaction.atomic():
-        ApiToken.objects.create(
-            user=user, name=name, digest=token_digest(token), prefix=token[:10]
-        )
+        ApiToken.objects.create(user=user, name=name, digest=token_digest(token), prefix=token[:10])
         audit.record("token.created", actor=actor, user=user.pk, name=name)
     return token

@@ -9,262 +9,591 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("auth", "0012_alter_user_first_name_max_length"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Channel',
+            name="Channel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=16)),
-                ('name', models.CharField(max_length=100)),
-                ('visibility', models.CharField(choices=[('all', 'Everyone'), ('team', 'Team members'), ('assigned_only', 'Assignee only')], default='all', max_length=16)),
-                ('business_handle', models.CharField(db_index=True, max_length=64)),
-                ('account_handle', models.CharField(blank=True, max_length=64)),
-                ('display_handle', models.CharField(blank=True, max_length=64)),
-                ('api_base', models.CharField(blank=True, max_length=200)),
-                ('secrets', models.JSONField(default=dict)),
-                ('outbound_mps', models.PositiveIntegerField(default=80)),
-                ('is_active', models.BooleanField(default=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("kind", models.CharField(max_length=16)),
+                ("name", models.CharField(max_length=100)),
+                (
+                    "visibility",
+                    models.CharField(
+                        choices=[
+                            ("all", "Everyone"),
+                            ("team", "Team members"),
+                            ("assigned_only", "Assignee only"),
+                        ],
+                        default="all",
+                        max_length=16,
+                    ),
+                ),
+                ("business_handle", models.CharField(db_index=True, max_length=64)),
+                ("account_handle", models.CharField(blank=True, max_length=64)),
+                ("display_handle", models.CharField(blank=True, max_length=64)),
+                ("api_base", models.CharField(blank=True, max_length=200)),
+                ("secrets", models.JSONField(default=dict)),
+                ("outbound_mps", models.PositiveIntegerField(default=80)),
+                ("is_active", models.BooleanField(default=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Team',
+            name="Team",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, unique=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, unique=True)),
             ],
         ),
         migrations.CreateModel(
-            name='Throttle',
+            name="Throttle",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=128, unique=True)),
-                ('next_free', models.FloatField(default=0.0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=128, unique=True)),
+                ("next_free", models.FloatField(default=0.0)),
             ],
         ),
         migrations.CreateModel(
-            name='User',
+            name="User",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('password', models.CharField(max_length=128, verbose_name='password')),
-                ('last_login', models.DateTimeField(blank=True, null=True, verbose_name='last login')),
-                ('is_superuser', models.BooleanField(default=False, help_text='Designates that this user has all permissions without explicitly assigning them.', verbose_name='superuser status')),
-                ('username', models.CharField(error_messages={'unique': 'A user with that username already exists.'}, help_text='Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only.', max_length=150, unique=True, validators=[django.contrib.auth.validators.UnicodeUsernameValidator()], verbose_name='username')),
-                ('first_name', models.CharField(blank=True, max_length=150, verbose_name='first name')),
-                ('last_name', models.CharField(blank=True, max_length=150, verbose_name='last name')),
-                ('email', models.EmailField(blank=True, max_length=254, verbose_name='email address')),
-                ('is_staff', models.BooleanField(default=False, help_text='Designates whether the user can log into this admin site.', verbose_name='staff status')),
-                ('is_active', models.BooleanField(default=True, help_text='Designates whether this user should be treated as active. Unselect this instead of deleting accounts.', verbose_name='active')),
-                ('date_joined', models.DateTimeField(default=django.utils.timezone.now, verbose_name='date joined')),
-                ('role', models.CharField(choices=[('admin', 'Admin'), ('supervisor', 'Supervisor'), ('agent', 'Agent'), ('watcher', 'Watcher')], default='agent', max_length=16)),
-                ('display_name', models.CharField(blank=True, max_length=150)),
-                ('language', models.CharField(blank=True, max_length=8)),
-                ('time_zone', models.CharField(blank=True, max_length=64)),
-                ('notify_sound', models.BooleanField(default=True)),
-                ('notify_desktop', models.BooleanField(default=True)),
-                ('groups', models.ManyToManyField(blank=True, help_text='The groups this user belongs to. A user will get all permissions granted to each of their groups.', related_name='user_set', related_query_name='user', to='auth.group', verbose_name='groups')),
-                ('user_permissions', models.ManyToManyField(blank=True, help_text='Specific permissions for this user.', related_name='user_set', related_query_name='user', to='auth.permission', verbose_name='user permissions')),
-                ('teams', models.ManyToManyField(blank=True, related_name='members', to='madoguchi.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("password", models.CharField(max_length=128, verbose_name="password")),
+                (
+                    "last_login",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last login"),
+                ),
+                (
+                    "is_superuser",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Designates that this user has all permissions without explicitly assigning them.",
+                        verbose_name="superuser status",
+                    ),
+                ),
+                (
+                    "username",
+                    models.CharField(
+                        error_messages={"unique": "A user with that username already exists."},
+                        help_text="Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only.",
+                        max_length=150,
+                        unique=True,
+                        validators=[django.contrib.auth.validators.UnicodeUsernameValidator()],
+                        verbose_name="username",
+                    ),
+                ),
+                (
+                    "first_name",
+                    models.CharField(blank=True, max_length=150, verbose_name="first name"),
+                ),
+                (
+                    "last_name",
+                    models.CharField(blank=True, max_length=150, verbose_name="last name"),
+                ),
+                (
+                    "email",
+                    models.EmailField(blank=True, max_length=254, verbose_name="email address"),
+                ),
+                (
+                    "is_staff",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Designates whether the user can log into this admin site.",
+                        verbose_name="staff status",
+                    ),
+                ),
+                (
+                    "is_active",
+                    models.BooleanField(
+                        default=True,
+                        help_text="Designates whether this user should be treated as active. Unselect this instead of deleting accounts.",
+                        verbose_name="active",
+                    ),
+                ),
+                (
+                    "date_joined",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="date joined"
+                    ),
+                ),
+                (
+                    "role",
+                    models.CharField(
+                        choices=[
+                            ("admin", "Admin"),
+                            ("supervisor", "Supervisor"),
+                            ("agent", "Agent"),
+                            ("watcher", "Watcher"),
+                        ],
+                        default="agent",
+                        max_length=16,
+                    ),
+                ),
+                ("display_name", models.CharField(blank=True, max_length=150)),
+                ("language", models.CharField(blank=True, max_length=8)),
+                ("time_zone", models.CharField(blank=True, max_length=64)),
+                ("notify_sound", models.BooleanField(default=True)),
+                ("notify_desktop", models.BooleanField(default=True)),
+                (
+                    "groups",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="The groups this user belongs to. A user will get all permissions granted to each of their groups.",
+                        related_name="user_set",
+                        related_query_name="user",
+                        to="auth.group",
+                        verbose_name="groups",
+                    ),
+                ),
+                (
+                    "user_permissions",
+                    models.ManyToManyField(
+                        blank=True,
+                        help_text="Specific permissions for this user.",
+                        related_name="user_set",
+                        related_query_name="user",
+                        to="auth.permission",
+                        verbose_name="user permissions",
+                    ),
+                ),
+                (
+                    "teams",
+                    models.ManyToManyField(blank=True, related_name="members", to="madoguchi.team"),
+                ),
             ],
             options={
-                'verbose_name': 'user',
-                'verbose_name_plural': 'users',
-                'abstract': False,
+                "verbose_name": "user",
+                "verbose_name_plural": "users",
+                "abstract": False,
             },
             managers=[
-                ('objects', django.contrib.auth.models.UserManager()),
+                ("objects", django.contrib.auth.models.UserManager()),
             ],
         ),
         migrations.CreateModel(
-            name='ApiToken',
+            name="ApiToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('digest', models.CharField(max_length=64, unique=True)),
-                ('prefix', models.CharField(max_length=12)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked', models.BooleanField(default=False)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_tokens', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("digest", models.CharField(max_length=64, unique=True)),
+                ("prefix", models.CharField(max_length=12)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked", models.BooleanField(default=False)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_tokens",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Contact',
+            name="Contact",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='ContactIdentity',
+            name="ContactIdentity",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('handle', models.CharField(max_length=128)),
-                ('profile_name', models.CharField(blank=True, max_length=200)),
-                ('last_inbound_at', models.DateTimeField(blank=True, null=True)),
-                ('channel', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='identities', to='madoguchi.channel')),
-                ('contact', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='identities', to='madoguchi.contact')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("handle", models.CharField(max_length=128)),
+                ("profile_name", models.CharField(blank=True, max_length=200)),
+                ("last_inbound_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "channel",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="identities",
+                        to="madoguchi.channel",
+                    ),
+                ),
+                (
+                    "contact",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="identities",
+                        to="madoguchi.contact",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Conversation',
+            name="Conversation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(choices=[('open', 'Open'), ('snoozed', 'Snoozed'), ('resolved', 'Resolved')], default='open', max_length=16)),
-                ('snoozed_until', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('last_message_at', models.DateTimeField(blank=True, null=True)),
-                ('last_message_preview', models.CharField(blank=True, max_length=200)),
-                ('unread_count', models.PositiveIntegerField(default=0)),
-                ('assignee', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='assigned_conversations', to=settings.AUTH_USER_MODEL)),
-                ('channel', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to='madoguchi.channel')),
-                ('contact', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='conversations', to='madoguchi.contact')),
-                ('identity', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='madoguchi.contactidentity')),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='madoguchi.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("open", "Open"),
+                            ("snoozed", "Snoozed"),
+                            ("resolved", "Resolved"),
+                        ],
+                        default="open",
+                        max_length=16,
+                    ),
+                ),
+                ("snoozed_until", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("last_message_at", models.DateTimeField(blank=True, null=True)),
+                ("last_message_preview", models.CharField(blank=True, max_length=200)),
+                ("unread_count", models.PositiveIntegerField(default=0)),
+                (
+                    "assignee",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="assigned_conversations",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "channel",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="conversations",
+                        to="madoguchi.channel",
+                    ),
+                ),
+                (
+                    "contact",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="conversations",
+                        to="madoguchi.contact",
+                    ),
+                ),
+                (
+                    "identity",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="madoguchi.contactidentity"
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="madoguchi.team",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(max_length=32)),
-                ('args', models.JSONField(default=dict)),
-                ('key', models.CharField(blank=True, max_length=128)),
-                ('run_at', models.DateTimeField()),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('claimed_by', models.CharField(blank=True, max_length=64)),
-                ('last_error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("kind", models.CharField(max_length=32)),
+                ("args", models.JSONField(default=dict)),
+                ("key", models.CharField(blank=True, max_length=128)),
+                ("run_at", models.DateTimeField()),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("claimed_by", models.CharField(blank=True, max_length=64)),
+                ("last_error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'indexes': [models.Index(fields=['run_at'], name='job_due'), models.Index(fields=['key', 'id'], name='job_key_order')],
+                "indexes": [
+                    models.Index(fields=["run_at"], name="job_due"),
+                    models.Index(fields=["key", "id"], name="job_key_order"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('direction', models.CharField(choices=[('in', 'Inbound'), ('out', 'Outbound')], max_length=3)),
-                ('kind', models.CharField(max_length=16)),
-                ('text', models.TextField(blank=True)),
-                ('platform_message_id', models.CharField(blank=True, max_length=255, null=True)),
-                ('platform_timestamp', models.DateTimeField(blank=True, null=True)),
-                ('reply_to_platform_id', models.CharField(blank=True, max_length=255)),
-                ('status', models.CharField(blank=True, max_length=10)),
-                ('error_code', models.IntegerField(blank=True, null=True)),
-                ('error_title', models.CharField(blank=True, max_length=255)),
-                ('error_details', models.TextField(blank=True)),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('media_platform_id', models.CharField(blank=True, max_length=128)),
-                ('media_mime', models.CharField(blank=True, max_length=128)),
-                ('media_size', models.BigIntegerField(blank=True, null=True)),
-                ('media_filename', models.CharField(blank=True, max_length=255)),
-                ('media_path', models.CharField(blank=True, max_length=255)),
-                ('media_state', models.CharField(blank=True, max_length=12)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('author', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('channel', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='madoguchi.channel')),
-                ('conversation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='madoguchi.conversation')),
-                ('reply_to', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='madoguchi.message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "direction",
+                    models.CharField(
+                        choices=[("in", "Inbound"), ("out", "Outbound")], max_length=3
+                    ),
+                ),
+                ("kind", models.CharField(max_length=16)),
+                ("text", models.TextField(blank=True)),
+                ("platform_message_id", models.CharField(blank=True, max_length=255, null=True)),
+                ("platform_timestamp", models.DateTimeField(blank=True, null=True)),
+                ("reply_to_platform_id", models.CharField(blank=True, max_length=255)),
+                ("status", models.CharField(blank=True, max_length=10)),
+                ("error_code", models.IntegerField(blank=True, null=True)),
+                ("error_title", models.CharField(blank=True, max_length=255)),
+                ("error_details", models.TextField(blank=True)),
+                ("data", models.JSONField(blank=True, default=dict)),
+                ("media_platform_id", models.CharField(blank=True, max_length=128)),
+                ("media_mime", models.CharField(blank=True, max_length=128)),
+                ("media_size", models.BigIntegerField(blank=True, null=True)),
+                ("media_filename", models.CharField(blank=True, max_length=255)),
+                ("media_path", models.CharField(blank=True, max_length=255)),
+                ("media_state", models.CharField(blank=True, max_length=12)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "author",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "channel",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="madoguchi.channel"
+                    ),
+                ),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="messages",
+                        to="madoguchi.conversation",
+                    ),
+                ),
+                (
+                    "reply_to",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="madoguchi.message",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('action', models.CharField(max_length=64)),
-                ('data', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('conversation', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, to='madoguchi.conversation')),
-                ('message', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='madoguchi.message')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("action", models.CharField(max_length=64)),
+                ("data", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="madoguchi.conversation",
+                    ),
+                ),
+                (
+                    "message",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to="madoguchi.message",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RawEvent',
+            name="RawEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('channel_id', models.BigIntegerField()),
-                ('body', models.BinaryField()),
-                ('received_at', models.DateTimeField()),
-                ('processed_at', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('lease_until', models.DateTimeField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("channel_id", models.BigIntegerField()),
+                ("body", models.BinaryField()),
+                ("received_at", models.DateTimeField()),
+                ("processed_at", models.DateTimeField(blank=True, null=True)),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("lease_until", models.DateTimeField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
             ],
             options={
-                'indexes': [models.Index(condition=models.Q(('processed_at__isnull', True)), fields=['id'], name='rawevent_pending')],
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("processed_at__isnull", True)),
+                        fields=["id"],
+                        name="rawevent_pending",
+                    )
+                ],
             },
         ),
         migrations.AddField(
-            model_name='channel',
-            name='team',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to='madoguchi.team'),
+            model_name="channel",
+            name="team",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                to="madoguchi.team",
+            ),
         ),
         migrations.CreateModel(
-            name='Template',
+            name="Template",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('platform_id', models.CharField(blank=True, max_length=64)),
-                ('name', models.CharField(max_length=512)),
-                ('language', models.CharField(max_length=16)),
-                ('status', models.CharField(max_length=32)),
-                ('category', models.CharField(blank=True, max_length=32)),
-                ('parameter_format', models.CharField(default='POSITIONAL', max_length=16)),
-                ('components', models.JSONField(default=list)),
-                ('status_reason', models.CharField(blank=True, max_length=200)),
-                ('synced_at', models.DateTimeField(auto_now=True)),
-                ('channel', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='templates', to='madoguchi.channel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("platform_id", models.CharField(blank=True, max_length=64)),
+                ("name", models.CharField(max_length=512)),
+                ("language", models.CharField(max_length=16)),
+                ("status", models.CharField(max_length=32)),
+                ("category", models.CharField(blank=True, max_length=32)),
+                ("parameter_format", models.CharField(default="POSITIONAL", max_length=16)),
+                ("components", models.JSONField(default=list)),
+                ("status_reason", models.CharField(blank=True, max_length=200)),
+                ("synced_at", models.DateTimeField(auto_now=True)),
+                (
+                    "channel",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="templates",
+                        to="madoguchi.channel",
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='contactidentity',
-            constraint=models.UniqueConstraint(fields=('channel', 'handle'), name='identity_unique_handle'),
+            model_name="contactidentity",
+            constraint=models.UniqueConstraint(
+                fields=("channel", "handle"), name="identity_unique_handle"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='contactidentity',
-            constraint=models.UniqueConstraint(fields=('contact', 'channel'), name='identity_one_per_channel'),
+            model_name="contactidentity",
+            constraint=models.UniqueConstraint(
+                fields=("contact", "channel"), name="identity_one_per_channel"
+            ),
         ),
         migrations.AddIndex(
-            model_name='message',
-            index=models.Index(fields=['conversation', '-id'], name='msg_conversation_latest'),
+            model_name="message",
+            index=models.Index(fields=["conversation", "-id"], name="msg_conversation_latest"),
         ),
         migrations.AddConstraint(
-            model_name='message',
-            constraint=models.UniqueConstraint(fields=('channel', 'platform_message_id'), name='msg_unique_platform_id'),
+            model_name="message",
+            constraint=models.UniqueConstraint(
+                fields=("channel", "platform_message_id"), name="msg_unique_platform_id"
+            ),
         ),
         migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['conversation', 'id'], name='audit_conversation'),
+            model_name="auditevent",
+            index=models.Index(fields=["conversation", "id"], name="audit_conversation"),
         ),
         migrations.AddIndex(
-            model_name='conversation',
-            index=models.Index(fields=['status', '-last_message_at'], name='conv_status_recent'),
+            model_name="conversation",
+            index=models.Index(fields=["status", "-last_message_at"], name="conv_status_recent"),
         ),
         migrations.AddIndex(
-            model_name='conversation',
-            index=models.Index(fields=['assignee', 'status', '-last_message_at'], name='conv_assignee_recent'),
+            model_name="conversation",
+            index=models.Index(
+                fields=["assignee", "status", "-last_message_at"], name="conv_assignee_recent"
+            ),
         ),
         migrations.AddIndex(
-            model_name='conversation',
-            index=models.Index(fields=['channel', 'status', '-last_message_at'], name='conv_channel_recent'),
+            model_name="conversation",
+            index=models.Index(
+                fields=["channel", "status", "-last_message_at"], name="conv_channel_recent"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='conversation',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'resolved'), _negated=True), fields=('identity',), name='conv_one_active_per_identity'),
+            model_name="conversation",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "resolved"), _negated=True),
+                fields=("identity",),
+                name="conv_one_active_per_identity",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='template',
-            constraint=models.UniqueConstraint(fields=('channel', 'name', 'language'), name='template_unique_per_language'),
+            model_name="template",
+            constraint=models.UniqueConstraint(
+                fields=("channel", "name", "language"), name="template_unique_per_language"
+            ),
         ),
     ]

@@ -134,6 +134,8 @@ class Capabilities:
     window_hours: int | None = None
     read_receipts: bool = False
     max_text_length: int = 4096
+    # Media kinds that can carry a caption (others refuse one rather than drop it).
+    caption_kinds: frozenset[str] = frozenset({"image", "video", "document"})
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,11 @@ class Provider:
     def template_text(cls, template: dict[str, Any], request: dict[str, Any]) -> str:
         """The readable text of a template send, stored as the outbound message's text."""
         return f"[Template: {template.get('name', '')}]"
+
+    @classmethod
+    def media_limit(cls, kind: str, mime_type: str) -> int:
+        """The largest file (bytes) the platform accepts for this kind of media."""
+        return 25 * 1024 * 1024
 
     @classmethod
     def explain_error(cls, error: PlatformError) -> str:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import mimetypes
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -213,7 +211,12 @@ class WhatsAppProvider(Provider):
     ) -> SentMessage:
         media_id = self.upload_media(path, mime_type, filename)
         body = wire.media_body(
-            to, kind, media_id, caption=caption, filename=filename, reply_to=reply_to
+            to,
+            kind,
+            media_id,
+            caption=caption,
+            filename=filename if kind == "document" else "",
+            reply_to=reply_to,
         )
         return self.send_body(body)
 
@@ -254,7 +257,6 @@ class WhatsAppProvider(Provider):
             if seen_pages > 1000:  # a platform bug must not loop us forever
                 break
         return templates
-
 
     # -- rules ---------------------------------------------------------------------------
     @classmethod
@@ -297,10 +299,6 @@ class WhatsAppProvider(Provider):
     def explain_error(cls, error: PlatformError) -> str:
         return wire.readable_reason(error)
 
-
-def guess_extension(mime_type: str) -> str:
-    return mimetypes.guess_extension(mime_type.split(";")[0].strip()) or ".bin"
-
-
-def new_media_name(kind: str, mime_type: str) -> str:
-    return f"{kind}/{uuid.uuid4().hex}{guess_extension(mime_type)}"
+    @classmethod
+    def media_limit(cls, kind: str, mime_type: str) -> int:
+        return media_limit(kind, mime_type)

@@ -10,9 +10,8 @@ from madoguchi.rules.access import readable_conversations_q
 
 
 def conversations_for(user: User) -> QuerySet[Conversation]:
-    return (
-        Conversation.objects.filter(readable_conversations_q(user))
-        .select_related("channel", "contact", "identity", "assignee")
+    return Conversation.objects.filter(readable_conversations_q(user)).select_related(
+        "channel", "contact", "identity", "assignee"
     )
 
 

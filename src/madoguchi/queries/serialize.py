@@ -54,6 +54,7 @@ def message_json(message: Message) -> dict[str, Any]:
             "code": message.error_code,
             "title": message.error_title,
             "details": message.error_details,
+            "reason": message.data.get("error_reason", ""),
         }
     media = None
     if message.media_platform_id or message.media_path:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
-from ninja import NinjaAPI, Schema, Status
+from ninja import File, Form, NinjaAPI, Schema, Status, UploadedFile
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
 from pydantic import Field
@@ -202,7 +202,9 @@ def start_conversation(request: HttpRequest, payload: StartRequest):
         user, channel, payload.to, template=template, text=payload.text or ""
     )
     conversation = access_conversation(user, message.conversation_id)
-    return Status(202, {"conversation": conversation_json(conversation), "message": message_json(message)})
+    return Status(
+        202, {"conversation": conversation_json(conversation), "message": message_json(message)}
+    )
 
 
 @api.get("/conversations/{conversation_id}")
@@ -237,6 +239,28 @@ def send_message(request: HttpRequest, conversation_id: int, payload: SendReques
         )
     else:
         raise Invalid("Give either text or a template.", code="invalid_request")
+    return Status(202, message_json(message))
+
+
+@api.post("/conversations/{conversation_id}/attachments", response={202: dict})
+def send_attachment(
+    request: HttpRequest,
+    conversation_id: int,
+    file: UploadedFile = File(...),  # noqa: B008 - ninja's declaration style
+    caption: str = Form(""),
+    reply_to: int | None = Form(None),
+):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    message = outbound.check_send_media(
+        user,
+        conversation,
+        content=file.read(),
+        filename=file.name or "file",
+        mime_type=file.content_type or "application/octet-stream",
+        caption=caption,
+        reply_to_id=reply_to,
+    )
     return Status(202, message_json(message))
 
 

@@ -59,7 +59,9 @@ def media(request: HttpRequest, message_id: int) -> FileResponse:
     path = (Path(settings.MEDIA_ROOT) / message.media_path).resolve()
     if not path.is_relative_to(Path(settings.MEDIA_ROOT).resolve()) or not path.exists():
         raise Http404
-    response = FileResponse(path.open("rb"), content_type=message.media_mime or "application/octet-stream")
+    response = FileResponse(
+        path.open("rb"), content_type=message.media_mime or "application/octet-stream"
+    )
     # Customer files are never rendered as our own pages (no stored-XSS through an SVG/HTML).
     response["Content-Security-Policy"] = "sandbox; default-src 'none'"
     response["X-Content-Type-Options"] = "nosniff"
