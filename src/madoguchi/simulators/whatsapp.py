@@ -283,15 +283,6 @@ _VERSION_RE = re.compile(r"v\d+\.\d+")
 _PLACEHOLDER_RE = re.compile(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}")
 _TEMPLATE_NAME_RE = re.compile(r"[a-z0-9_]{1,512}")
 _TEMPLATE_CATEGORIES = frozenset({"MARKETING", "UTILITY", "AUTHENTICATION"})
-_TEMPLATE_FIELDS = (
-    "name",
-    "parameter_format",
-    "components",
-    "language",
-    "status",
-    "category",
-    "id",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1078,7 +1069,7 @@ class WhatsAppSimulator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.sync_window_errors = sync_window_errors
-        self.status_delays = tuple(status_delays)
+        self.status_delays = status_delays
         self.auto_read = auto_read
         self.auto_statuses = auto_statuses
         self.retry_delays = tuple(retry_delays)
@@ -1309,6 +1300,7 @@ class WhatsAppSimulator:
         *,
         timestamp: float | None = None,
         deliver: bool = True,
+        wamid: str | None = None,
     ) -> str:
         """A customer writes to a business number; returns the new message's wamid.
 
@@ -1318,7 +1310,8 @@ class WhatsAppSimulator:
         timestamp; it also (re)opens the customer service window unless the type is
         ``system``. The webhook is delivered in this thread, retries included, unless
         ``deliver`` is false or a :meth:`batch` is open, in which case it waits for
-        :meth:`flush`.
+        :meth:`flush`. Passing the ``wamid`` of an earlier message re-sends it as the platform's
+        duplicate deliveries do (A3).
         """
         if isinstance(message, str):
             message = {"type": "text", "text": {"body": message}}
@@ -1326,12 +1319,16 @@ class WhatsAppSimulator:
             raise ValueError("message needs a 'type'")
         wa_id = str(wa_id)
         ts = int(self.clock() if timestamp is None else timestamp)
-        wamid = _wamid(wa_id, inbound=True)
+        wamid = wamid or _wamid(wa_id, inbound=True)
         msg: dict[str, Any] = {}
         if "context" in message:
             msg["context"] = message["context"]
         msg.update({"from": wa_id, "id": wamid, "timestamp": str(ts)})
-        msg.update((k, copy.deepcopy(v)) for k, v in message.items() if k != "context")
+        msg.update(
+            (k, copy.deepcopy(v))
+            for k, v in message.items()
+            if k not in ("context", "from", "id", "timestamp")
+        )
         contact = None if msg["type"] == "system" else {"profile": {"name": name}, "wa_id": wa_id}
         with self._lock:
             number = self._number(phone_number_id)
@@ -1883,7 +1880,7 @@ class WhatsAppSimulator:
         details = validate_send_body(body)
         if details is not None:
             raise GraphError(100, details)
-        msg_type = body.get("type", "text")
+        msg_type = body.get("type") or _implied_type(body, _MESSAGE_TYPES)
         to = body["to"]
         wa_id = re.sub(r"\D", "", to)
         if not wa_id:
@@ -3161,13 +3158,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    delays = tuple(float(x) for x in args.status_delays.split(","))
-    if len(delays) != 3:
+    parts = [float(x) for x in args.status_delays.split(",")]
+    if len(parts) != 3:
         parser.error("--status-delays takes three numbers")
+    delays = (parts[0], parts[1], parts[2])
     sim = WhatsAppSimulator(
         sync_window_errors=args.sync_window_errors,
         auto_read=not args.no_auto_read,
-        status_delays=delays,  # type: ignore[arg-type]
+        status_delays=delays,
     )
     numbers, templates = _load_config(args.config)
     for kwargs in numbers:

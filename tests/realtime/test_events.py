@@ -1,0 +1,123 @@
+"""Real-time events: published after commit, only to users allowed to see the conversation,
+delivered over the WebSocket of the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import websockets
+from django.db import transaction
+
+from madoguchi.models import Visibility
+
+
+def test_an_inbound_message_is_announced_to_every_reader(customer_writes, users, events):
+    conversation = customer_writes(text="Hello there")
+    added = [e for e, _ in events.of_type("message") if e["op"] == "add"]
+    assert [e["message"]["text"] for e in added] == ["Hello there"]
+    recipients = events.of_type("message")[0][1]
+    assert set(recipients) == {u.pk for u in users.values()}
+    upserts = [e for e, _ in events.of_type("conversation") if e["op"] == "upsert"]
+    assert upserts[-1]["conversation"]["id"] == conversation.pk
+
+
+def test_events_in_assigned_only_go_to_the_assignee_and_supervisors_only(
+    customer_writes, channel, users, events, api_as
+):
+    channel.visibility = Visibility.ASSIGNED_ONLY
+    channel.save()
+    conversation = customer_writes()
+    api_as("sora").post(f"/conversations/{conversation.pk}/assign", {"assignee": users["aiko"].pk})
+    events.events.clear()
+    customer_writes(text="Second message")
+    recipients = events.of_type("message")[0][1]
+    assert set(recipients) == {users["aiko"].pk, users["sora"].pk, users["admin"].pk}
+
+
+def test_a_rolled_back_change_publishes_nothing(customer_writes, users, events):
+    from madoguchi.actions.outbound import check_add_note
+
+    conversation = customer_writes()
+    events.events.clear()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        check_add_note(users["aiko"], conversation, "a note that never was")
+        raise RuntimeError
+    assert events.events == []
+
+
+def test_a_reassignment_in_assigned_only_removes_the_conversation_from_the_previous_agent(
+    customer_writes, channel, users, events, api_as
+):
+    channel.visibility = Visibility.ASSIGNED_ONLY
+    channel.save()
+    conversation = customer_writes()
+    api_as("sora").post(f"/conversations/{conversation.pk}/assign", {"assignee": users["aiko"].pk})
+    events.events.clear()
+    api_as("sora").post(f"/conversations/{conversation.pk}/assign", {"assignee": users["ben"].pk})
+    removals = [(e, r) for e, r in events.of_type("conversation") if e["op"] == "remove"]
+    assert removals and removals[0][1] == [users["aiko"].pk]
+
+
+async def receive_types(ws: websockets.ClientConnection, count: int) -> list[dict]:
+    received = []
+    while len(received) < count:
+        received.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=10)))
+    return received
+
+
+def test_the_websocket_delivers_events_to_a_permitted_viewer_only(
+    server, users, channel, api_as, customer_writes
+):
+    from madoguchi.actions.users import do_create_token
+
+    channel.visibility = Visibility.ASSIGNED_ONLY
+    channel.save()
+    conversation = customer_writes()
+    api_as("sora").post(f"/conversations/{conversation.pk}/assign", {"assignee": users["aiko"].pk})
+    aiko_token = do_create_token(None, users["aiko"], "ws")
+    ben_token = do_create_token(None, users["ben"], "ws")
+    url = server.url.replace("http", "ws") + "/ws/"
+
+    async def scenario() -> tuple[list[dict], list[dict]]:
+        async with (
+            websockets.connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {aiko_token}", "Origin": server.url},
+            ) as aiko,
+            websockets.connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {ben_token}", "Origin": server.url},
+            ) as ben,
+        ):
+            hello = await receive_types(aiko, 1)
+            await receive_types(ben, 1)
+            await asyncio.to_thread(customer_writes, "16505551234", "Sheena", "Are you there?")
+            got = await receive_types(aiko, 2)
+            try:
+                leaked = [json.loads(await asyncio.wait_for(ben.recv(), timeout=0.5))]
+            except TimeoutError:
+                leaked = []
+            return hello + got, leaked
+
+    aiko_events, ben_events = asyncio.run(scenario())
+    assert aiko_events[0]["type"] == "hello"
+    assert {e["type"] for e in aiko_events[1:]} == {"message", "conversation"}
+    assert ben_events == []
+
+
+def test_the_websocket_refuses_an_anonymous_connection(server, users):
+    url = server.url.replace("http", "ws") + "/ws/"
+
+    async def scenario() -> int | None:
+        try:
+            async with websockets.connect(url, additional_headers={"Origin": server.url}) as ws:
+                await ws.recv()
+        except websockets.ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+        except websockets.InvalidStatus as refused:
+            return refused.response.status_code
+        return None
+
+    assert asyncio.run(scenario()) in (403, 4401)
