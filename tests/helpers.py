@@ -354,7 +354,8 @@ def fast_password_hashing() -> None:
     """Argon2 is deliberately slow; tests create many users. (A test checks the real setting.)"""
     from django.conf import settings
 
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    if settings.configured:  # not under ``-p no:django`` (the pure simulator and wire tests)
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 class Sim:

@@ -101,3 +101,53 @@ def test_an_outdated_database_is_reported_clearly(tmp_path):
     )
     assert result.returncode != 0
     assert "madoguchi migrate" in result.stderr
+
+
+def test_the_demo_runs_serves_logins_and_stops_cleanly_on_ctrl_c(tmp_path):
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "madoguchi.cli", "demo", "--port", str(port)],
+        env={
+            **os.environ,
+            "MADOGUCHI_DATA_DIR": str(tmp_path),
+            "DATABASE_URL": "postgres://x@127.0.0.1:1/nope",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/login/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "the demo did not start"
+            time.sleep(0.3)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+        form = client.get("/login/")
+        csrf = client.cookies["csrftoken"]
+        response = client.post(
+            "/login/",
+            data={"username": "aiko", "password": "madoguchi-demo", "csrfmiddlewaretoken": csrf},
+            headers={"Referer": f"http://127.0.0.1:{port}/login/"},
+        )
+        assert form.status_code == 200 and response.status_code == 302
+        assert (tmp_path / "madoguchi.sqlite3").exists()  # embedded SQLite, not DATABASE_URL
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Logins" in output and "aiko" in output
+    assert "Traceback" not in output

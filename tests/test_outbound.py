@@ -396,3 +396,30 @@ def test_opening_a_conversation_sends_a_read_receipt(api_as, sim, worker, conver
     worker.run_until_idle()
     inbound = Message.objects.get(direction="in")
     assert [read[1] for read in sim.simulator.reads] == [inbound.platform_message_id]
+
+
+def test_sends_are_paced_to_the_numbers_throughput_cap(api_as, server, sim, worker, conversation):
+    """With the channel capped at the number's rate, the platform never answers 130429."""
+    sim.simulator.add_number(
+        phone_number_id=PHONE_NUMBER_ID,
+        waba_id=WABA_ID,
+        display_phone_number="15550783881",
+        access_token="test-access-token",
+        app_secret="test-app-secret-0123456789",
+        webhook_url=f"{server.url}{sim.channel.webhook_path}",
+        mps=5,
+    )
+    sim.channel.outbound_mps = 5
+    sim.channel.save(update_fields=["outbound_mps"])
+    sent = [
+        api_as("aiko").post(f"/conversations/{conversation.pk}/messages", {"text": f"#{i}"}, 202)
+        for i in range(15)
+    ]
+    run_worker_until(
+        worker,
+        lambda: Message.objects.filter(pk__in=[m["id"] for m in sent], status="read").count() == 15,
+        timeout=30,
+    )
+    assert [s.body["text"]["body"] for s in sim.sent_to(CUSTOMER)] == [f"#{i}" for i in range(15)]
+    errors = sim.simulator.stats()["errors_by_code"]
+    assert not errors.get(130429) and not errors.get("130429")

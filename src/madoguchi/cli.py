@@ -36,15 +36,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if not settings.REDIS_URL and not args.no_worker:
         # Without Redis, events only reach sockets from inside this process: work here too.
         os.environ["MADOGUCHI_INPROCESS_WORKER"] = "1"
-    uvicorn.run(
-        "madoguchi.asgi:application",
-        host=args.host,
-        port=args.port,
-        lifespan="on",
-        log_level="warning",
-        proxy_headers=True,
-        workers=None,
-    )
+    try:
+        uvicorn.run(
+            "madoguchi.asgi:application",
+            host=args.host,
+            port=args.port,
+            lifespan="on",
+            log_level="warning",
+            proxy_headers=True,
+        )
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C after its graceful shutdown
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -213,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        # The demo is self-contained: never seed demo users into a configured production
+        # database, never join a production Redis.
+        os.environ["DATABASE_URL"] = ""
+        os.environ["REDIS_URL"] = ""
     setup_django()
     if args.command not in {"migrate", "demo"}:
         from django.db import connection

@@ -154,6 +154,8 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
     )
     try:
         server.run()
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises Ctrl-C after its graceful shutdown
     finally:
         stop.set()
         running.stop()

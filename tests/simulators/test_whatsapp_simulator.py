@@ -32,6 +32,7 @@ from madoguchi.simulators.whatsapp import (
     RunningServer,
     WhatsAppSimulator,
     encode_payload,
+    openapi_path,
     serve_asgi_in_thread,
     sign_payload,
     tiny_png,
@@ -44,7 +45,7 @@ DISPLAY = "15550783881"
 TOKEN = "EAAtesttoken"
 SECRET = "0123456789abcdef0123456789abcdef"
 CUSTOMER = "16505551234"
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "platforms" / "whatsapp"
+EXAMPLES = openapi_path().parent  # Meta's examples live beside the specification
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ __all__ = [
     "WebhookAttempt",
     "WhatsAppSimulator",
     "encode_payload",
+    "openapi_path",
     "serve_asgi_in_thread",
     "sign_payload",
     "tiny_png",
@@ -410,9 +411,10 @@ _schema_lock = threading.Lock()
 _send_validators: dict[str, Any] | None = None
 
 
-def _openapi_path() -> Path:
+def openapi_path() -> Path:
     """Find the OpenAPI YAML: ``$MADOGUCHI_WHATSAPP_OPENAPI``, the package's ``data/`` folder,
     then ``shared/platforms/whatsapp/`` in any parent folder of this file (the development tree).
+    Meta's ``*_examples.json`` files are expected beside it.
 
     Raises ``FileNotFoundError`` naming every place looked at.
     """
@@ -638,7 +640,7 @@ def _load_validators() -> dict[str, Any]:
         from referencing import Registry
         from referencing.jsonschema import DRAFT202012
 
-        with _openapi_path().open("rb") as fh:
+        with openapi_path().open("rb") as fh:
             spec = yaml.load(fh, Loader=yaml.CSafeLoader)
         schemas = _reachable_schemas(spec["components"]["schemas"], "Message")
         _apply_errata(schemas)
