@@ -170,3 +170,36 @@ def test_api_errors_have_a_stable_shape(api_as, server, users):
     assert bad["error"]["code"] == "malformed_json"
     missing = api_as("aiko").get("/conversations/999999", status=404)
     assert missing["error"]["code"] == "not_found"
+
+
+def test_the_conversation_list_pages_with_a_cursor(api_as, customer_writes):
+    for i in range(5):
+        customer_writes(wa_id=f"4477009001{i:02d}", name=f"Customer {i}", text=f"hello {i}")
+    seen, cursor = [], None
+    while True:
+        query = "/conversations?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = api_as("aiko").get(query)
+        seen += [c["id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 5
+    api_as("aiko").get("/conversations?cursor=bogus", status=422)
+
+
+def test_listing_costs_the_same_queries_whatever_the_page_size(customer_writes, users):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from madoguchi.queries.conversations import list_conversations
+    from madoguchi.queries.serialize import conversation_json
+
+    for i in range(6):
+        customer_writes(wa_id=f"4477009002{i:02d}", name=f"C{i}", text="hi")
+
+    def count(limit: int) -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            [conversation_json(c) for c in list_conversations(users["aiko"], limit=limit).items]
+        return len(ctx.captured_queries)
+
+    assert count(1) == count(6)

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from madoguchi.actions.inbound import RetryLater, do_process_raw_event
 from madoguchi.models import Channel, Job, RawEvent
-from madoguchi.providers.registry import provider_for
+from madoguchi.providers.registry import provider_class, provider_for
 from madoguchi.realtime import wakeup
 from madoguchi.tasks import HANDLERS, Reschedule, retry_delay
 
@@ -170,7 +170,7 @@ class Worker:
         cutoff = timezone.now() - timedelta(seconds=interval)
         for channel in Channel.objects.filter(is_active=True):
             key = f"sync:{channel.pk}"
-            if not provider_for(channel).capabilities.has_templates:
+            if not provider_class(channel.kind).capabilities.has_templates:
                 continue
             recent = channel.templates.filter(synced_at__gte=cutoff).exists()
             if not recent and not Job.objects.filter(key=key).exists():

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from madoguchi.errors import Invalid, NotFound
+from madoguchi.errors import Forbidden, Invalid, NotFound
 from madoguchi.models import (
     STATUS_RANK,
     Channel,
@@ -258,7 +258,7 @@ def check_start_conversation(
 ) -> Message:
     """A business-initiated contact: only with an approved template (422 template_required)."""
     if user.is_watcher:
-        access.check_can_write_note(user, None)  # raises read_only
+        raise Forbidden("Watchers have read-only access.", code="read_only")
     provider = provider_class(channel.kind)
     handle = provider.normalize_handle(to)
     if not template:

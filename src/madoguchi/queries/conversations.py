@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+import base64
+from dataclasses import dataclass
+from datetime import datetime
 
-from madoguchi.errors import NotFound
+from django.db.models import F, Q, QuerySet
+
+from madoguchi.errors import Invalid, NotFound
 from madoguchi.models import Conversation, Message, User
 from madoguchi.rules.access import readable_conversations_q
 
@@ -23,30 +27,65 @@ def access_conversation(user: User, conversation_id: int) -> Conversation:
     return conversation
 
 
+@dataclass(frozen=True)
+class Page:
+    items: list[Conversation]
+    next_cursor: str | None
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    stamp = conversation.last_message_at.isoformat() if conversation.last_message_at else ""
+    return base64.urlsafe_b64encode(f"{stamp}|{conversation.pk}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime | None, int]:
+    try:
+        stamp, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return (datetime.fromisoformat(stamp) if stamp else None), int(pk)
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("The cursor is not valid.", code="invalid_cursor") from None
+
+
 def list_conversations(
     user: User,
     *,
     assignee: str | None = None,
     status: str = "open",
     channel_id: int | None = None,
-    before_id: int | None = None,
+    cursor: str | None = None,
     limit: int = 50,
-) -> list[Conversation]:
-    """One page of the inbox, newest activity first. ``assignee``: "me", "none" or a user id."""
+) -> Page:
+    """One page of the inbox, most recent activity first (keyset pagination: constant cost
+    whatever the page number). ``assignee``: "me", "none" or a user id."""
+    if limit < 1 or limit > 200:
+        raise Invalid("limit must be between 1 and 200.", code="invalid_limit")
     qs = conversations_for(user)
     if assignee == "me":
         qs = qs.filter(assignee_id=user.pk)
     elif assignee == "none":
         qs = qs.filter(assignee__isnull=True)
     elif assignee:
+        if not str(assignee).isdigit():
+            raise Invalid("assignee must be me, none or a user id.", code="invalid_assignee")
         qs = qs.filter(assignee_id=int(assignee))
     if status != "all":
         qs = qs.filter(status=status)
     if channel_id is not None:
         qs = qs.filter(channel_id=channel_id)
-    if before_id is not None:
-        qs = qs.filter(pk__lt=before_id)
-    return list(qs.order_by("-last_message_at", "-id")[:limit])
+    if cursor:
+        stamp, pk = decode_cursor(cursor)
+        if stamp is None:
+            qs = qs.filter(last_message_at__isnull=True, pk__lt=pk)
+        else:
+            qs = qs.filter(
+                Q(last_message_at__lt=stamp)
+                | Q(last_message_at=stamp, pk__lt=pk)
+                | Q(last_message_at__isnull=True)
+            )
+    rows = list(qs.order_by(F("last_message_at").desc(nulls_last=True), "-id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(items=rows, next_cursor=encode_cursor(rows[-1]) if more else None)
 
 
 def history(

@@ -5,7 +5,6 @@ Errors are always ``{"error": {"code": ..., "message": ...}}``; bad input never 
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,7 +20,8 @@ from madoguchi.actions import outbound
 from madoguchi.actions.jobs import enqueue
 from madoguchi.errors import Invalid, MadoguchiError, NotFound
 from madoguchi.models import Channel, Template, User
-from madoguchi.queries.conversations import access_conversation, conversations_for, history
+from madoguchi.queries import conversations as queries
+from madoguchi.queries.conversations import access_conversation, history
 from madoguchi.queries.serialize import conversation_json, message_json, user_json
 from madoguchi.rules.access import check_is_admin
 
@@ -126,22 +126,6 @@ class NoteRequest(Schema):
     text: str = Field(min_length=1, max_length=65536)
 
 
-# -- cursors ---------------------------------------------------------------------------------
-
-
-def encode_cursor(last_message_at: datetime | None, pk: int) -> str:
-    raw = f"{last_message_at.isoformat() if last_message_at else ''}|{pk}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime | None, int]:
-    try:
-        stamp, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return (datetime.fromisoformat(stamp) if stamp else None), int(pk)
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("The cursor is not valid.", code="invalid_cursor") from None
-
-
 # -- conversations ---------------------------------------------------------------------------
 
 
@@ -154,41 +138,15 @@ def list_conversations(
     limit: int = 50,
     cursor: str | None = None,
 ):
-    from django.db.models import Q
-
-    user = current_user(request)
-    if limit < 1 or limit > 200:
-        raise Invalid("limit must be between 1 and 200.", code="invalid_limit")
-    qs = conversations_for(user)
-    if assignee == "me":
-        qs = qs.filter(assignee_id=user.pk)
-    elif assignee == "none":
-        qs = qs.filter(assignee__isnull=True)
-    elif assignee:
-        if not assignee.isdigit():
-            raise Invalid("assignee must be me, none or a user id.", code="invalid_assignee")
-        qs = qs.filter(assignee_id=int(assignee))
-    if status != "all":
-        qs = qs.filter(status=status)
-    if channel is not None:
-        qs = qs.filter(channel_id=channel)
-    if cursor:
-        stamp, pk = decode_cursor(cursor)
-        if stamp is None:
-            qs = qs.filter(last_message_at__isnull=True, pk__lt=pk)
-        else:
-            qs = qs.filter(
-                Q(last_message_at__lt=stamp)
-                | Q(last_message_at=stamp, pk__lt=pk)
-                | Q(last_message_at__isnull=True)
-            )
-    page = list(qs.order_by("-last_message_at", "-id")[: limit + 1])
-    more = len(page) > limit
-    page = page[:limit]
-    return {
-        "items": [conversation_json(c) for c in page],
-        "next_cursor": encode_cursor(page[-1].last_message_at, page[-1].pk) if more else None,
-    }
+    page = queries.list_conversations(
+        current_user(request),
+        assignee=assignee,
+        status=status,
+        channel_id=channel,
+        cursor=cursor,
+        limit=limit,
+    )
+    return {"items": [conversation_json(c) for c in page.items], "next_cursor": page.next_cursor}
 
 
 @api.post("/conversations", response={202: dict})

@@ -21,11 +21,11 @@ from madoguchi.queries.serialize import conversation_json, message_json
 def inbox(request: HttpRequest) -> HttpResponse:
     view = request.GET.get("view", "mine")
     assignee = {"mine": "me", "unassigned": "none"}.get(view)
-    items = list_conversations(request.user, assignee=assignee, status="open")
+    page = list_conversations(request.user, assignee=assignee, status="open")
     return render(
         request,
         "madoguchi/inbox.html",
-        {"view": view, "conversations": [conversation_json(c) for c in items]},
+        {"view": view, "conversations": [conversation_json(c) for c in page.items]},
     )
 
 
