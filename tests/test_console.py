@@ -35,8 +35,9 @@ def test_a_conversation_page_is_access_checked(customer_writes, users, channel):
     client = Client()
     login(client, "ben")
     assert client.get(f"/c/{conversation.pk}").status_code == 404
-    login(client, "sora")
-    assert client.get(f"/c/{conversation.pk}").status_code == 200
+    supervisor = Client()
+    login(supervisor, "sora")
+    assert supervisor.get(f"/c/{conversation.pk}").status_code == 200
 
 
 def test_logins_are_throttled_after_repeated_failures(users):

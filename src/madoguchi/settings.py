@@ -156,6 +156,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
+    "madoguchi.views.console.middleware.UserPreferencesMiddleware",
 ]
 
 ROOT_URLCONF = "madoguchi.urls"

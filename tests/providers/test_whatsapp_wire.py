@@ -1042,6 +1042,7 @@ def test_template_bodies_for_named_params_headers_and_url_buttons() -> None:
     assert text_header["template"]["components"] == [
         {"type": "header", "parameters": [{"type": "text", "text": "Maya"}]}
     ]
+    assert template_body("1", "t", "en", header="Maya") == text_header
     with pytest.raises(ValueError):
         template_body("1", "t", "en", body_params=["a"], named=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.utils.translation import gettext as _
 
 from madoguchi.errors import Invalid
 from madoguchi.models import Channel, Team, Template, User
@@ -30,9 +31,11 @@ def do_create_channel(
     try:
         provider_class(kind)
     except UnknownChannelKind:
-        raise Invalid(f"Unknown channel kind {kind!r}.", code="invalid_kind") from None
+        raise Invalid(
+            _("Unknown channel kind %(kind)s.") % {"kind": kind}, code="invalid_kind"
+        ) from None
     if api_base and not api_base.startswith(("http://", "https://")):
-        raise Invalid("--api-base must be an http(s) URL.", code="invalid_api_base")
+        raise Invalid(_("The API base must be an http(s) URL."), code="invalid_api_base")
     with transaction.atomic():
         channel = Channel.objects.create(
             kind=kind,

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from madoguchi.errors import Invalid
 from madoguchi.models import Conversation, ConversationStatus, Message, User
@@ -119,11 +120,11 @@ def do_set_status(
     snoozed_until: datetime | None = None,
 ) -> Conversation:
     if status not in ConversationStatus.values:
-        raise Invalid(f"Unknown status {status!r}.", code="invalid_status")
+        raise Invalid(_("Unknown status %(status)s.") % {"status": status}, code="invalid_status")
     if status == ConversationStatus.SNOOZED and (
         snoozed_until is None or snoozed_until <= timezone.now()
     ):
-        raise Invalid("Snoozing needs a time in the future.", code="invalid_snooze")
+        raise Invalid(_("Snoozing needs a time in the future."), code="invalid_snooze")
     with transaction.atomic():
         conversation = lock(conversation)
         if status != ConversationStatus.RESOLVED and conversation.status == "resolved":
@@ -136,7 +137,7 @@ def do_set_status(
             )
             if active:
                 raise Invalid(
-                    "A newer conversation with this contact is already open.",
+                    _("A newer conversation with this contact is already open."),
                     code="conversation_active",
                 )
         previous = conversation.status

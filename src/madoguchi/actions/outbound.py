@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from madoguchi.errors import Forbidden, Invalid, NotFound
 from madoguchi.models import (
@@ -52,6 +53,7 @@ def publish_message(message: Message, conversation: Conversation, op: str = "add
             "type": "message",
             "op": op,
             "conversation_id": conversation.pk,
+            "assignee_id": conversation.assignee_id,
             "message": message_json(message),
         },
         access.recipients_for(conversation),
@@ -111,7 +113,9 @@ def find_reply_target(conversation: Conversation, reply_to_id: int | None) -> Me
         .first()
     )
     if target is None or not target.platform_message_id:
-        raise Invalid("The message to reply to is not in this conversation.", code="invalid_reply")
+        raise Invalid(
+            _("The message to reply to is not in this conversation."), code="invalid_reply"
+        )
     return target
 
 
@@ -121,10 +125,13 @@ def check_send_text(
     access.check_can_send(user, conversation)
     text = text.strip()
     if not text:
-        raise Invalid("The message is empty.", code="empty_message")
+        raise Invalid(_("The message is empty."), code="empty_message")
     limit = provider_class(conversation.channel.kind).capabilities.max_text_length
     if len(text) > limit:
-        raise Invalid(f"The message is longer than {limit} characters.", code="message_too_long")
+        raise Invalid(
+            _("The message is longer than %(limit)d characters.") % {"limit": limit},
+            code="message_too_long",
+        )
     window.check_free_form_allowed(conversation.identity)
     reply_to = find_reply_target(conversation, reply_to_id)
     return queue_message(user, conversation, kind="text", text=text, reply_to=reply_to)
@@ -153,18 +160,19 @@ def check_send_media(
     access.check_can_send(user, conversation)
     window.check_free_form_allowed(conversation.identity)
     if not content:
-        raise Invalid("The file is empty.", code="empty_file")
+        raise Invalid(_("The file is empty."), code="empty_file")
     kind = media_kind_for(mime_type)
     provider = provider_class(conversation.channel.kind)
     if caption.strip() and kind not in provider.capabilities.caption_kinds:
         raise Invalid(
-            f"A {kind} cannot carry a caption on this channel: send the text separately.",
+            _("This kind of file cannot carry a caption here: send the text separately."),
             code="caption_not_supported",
         )
     limit = provider.media_limit(kind, mime_type)
     if len(content) > limit:
         raise Invalid(
-            f"The file is larger than the platform accepts for {kind} ({limit // 1024} KB).",
+            _("The file is larger than the platform accepts (%(limit)d KB).")
+            % {"limit": limit // 1024},
             code="file_too_large",
         )
     reply_to = find_reply_target(conversation, reply_to_id)
@@ -194,19 +202,21 @@ def resolve_template(channel: Channel, request: dict[str, Any]) -> tuple[Templat
     """The synced template a send request names, with the request checked against it."""
     capabilities = provider_class(channel.kind).capabilities
     if not capabilities.has_templates:
-        raise Invalid("This channel has no templates.", code="template_invalid")
+        raise Invalid(_("This channel has no templates."), code="template_invalid")
     name = str(request.get("name") or "")
     language = str(request.get("language") or "")
     template = Template.objects.filter(channel=channel, name=name, language=language).first()
     if template is None:
         raise Invalid(
-            f"No template {name!r} in {language!r} on this channel (sync templates?).",
+            _("There is no template %(name)s in %(language)s on this channel.")
+            % {"name": name, "language": language},
             code="template_invalid",
             problems=[{"field": "name", "code": "unknown", "message": "Unknown template"}],
         )
     if not template.is_sendable:
         raise Invalid(
-            f"Template {name!r} is {template.status}, only APPROVED templates can be sent.",
+            _("Template %(name)s is %(status)s: only approved templates can be sent.")
+            % {"name": name, "status": template.status},
             code="template_invalid",
             problems=[{"field": "name", "code": "not_approved", "message": template.status}],
         )
@@ -214,7 +224,7 @@ def resolve_template(channel: Channel, request: dict[str, Any]) -> tuple[Templat
     problems = provider.template_problems(template_graph(template), request)
     if problems:
         raise Invalid(
-            "The template parameters do not match the template: "
+            _("The values do not fit the template: ")
             + "; ".join(f"{p['field']}: {p['message']}" for p in problems),
             code="template_invalid",
             problems=problems,
@@ -258,12 +268,12 @@ def check_start_conversation(
 ) -> Message:
     """A business-initiated contact: only with an approved template (422 template_required)."""
     if user.is_watcher:
-        raise Forbidden("Watchers have read-only access.", code="read_only")
+        raise Forbidden(_("Watchers have read-only access."), code="read_only")
     provider = provider_class(channel.kind)
     handle = provider.normalize_handle(to)
     if not template:
         raise Invalid(
-            "A business-initiated conversation must start with an approved template.",
+            _("A conversation you start must begin with an approved template."),
             code="template_required",
         )
     template_obj, normalized = resolve_template(channel, template)
@@ -310,7 +320,7 @@ def check_add_note(user: User, conversation: Conversation, text: str) -> Message
     access.check_can_write_note(user, conversation)
     text = text.strip()
     if not text:
-        raise Invalid("The note is empty.", code="empty_message")
+        raise Invalid(_("The note is empty."), code="empty_message")
     with transaction.atomic():
         conversation = lock(conversation)
         note = Message.objects.create(
@@ -335,7 +345,7 @@ def load_for_update(message_id: int) -> Message:
             .get(pk=message_id)
         )
     except Message.DoesNotExist:
-        raise NotFound("No such message.") from None
+        raise NotFound(_("No such message.")) from None
 
 
 def do_record_sent(message_id: int, sent: SentMessage) -> Message:

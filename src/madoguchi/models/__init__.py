@@ -6,12 +6,14 @@ from .contacts import Contact, ContactIdentity
 from .conversations import Conversation, ConversationStatus
 from .jobs import Job, RawEvent, Throttle
 from .messages import STATUS_RANK, Direction, Message
+from .replies import CannedReply
 from .users import ApiToken, Role, Team, User
 
 __all__ = [
     "STATUS_RANK",
     "ApiToken",
     "AuditEvent",
+    "CannedReply",
     "Channel",
     "Contact",
     "ContactIdentity",

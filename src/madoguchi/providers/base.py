@@ -288,6 +288,14 @@ class Provider:
         return [{"field": "template", "code": "unsupported", "message": "No templates here"}]
 
     @classmethod
+    def template_form(cls, template: dict[str, Any]) -> dict[str, Any]:
+        """What a person must fill in to send ``template``, for the console's picker:
+        {"header": {"kind": "none"|"text"|"image"|..., "text", "example"},
+         "body": {"text", "params": [{"key", "example"}]}, "footer": str,
+         "buttons": [{"index", "text", "needs_value", "example"}], "named": bool}."""
+        return {"header": {"kind": "none"}, "body": {"text": "", "params": []}, "buttons": []}
+
+    @classmethod
     def template_text(cls, template: dict[str, Any], request: dict[str, Any]) -> str:
         """The readable text of a template send, stored as the outbound message's text."""
         return f"[Template: {template.get('name', '')}]"

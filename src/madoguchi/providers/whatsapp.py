@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
+from django.utils.translation import gettext as _
 
 from madoguchi.errors import Invalid
 
@@ -271,12 +272,12 @@ class WhatsAppProvider(Provider):
             number = phonenumbers.parse(text, None)
         except phonenumbers.NumberParseException:
             raise Invalid(
-                "Not a phone number: give it with its country code, e.g. +81 90 1234 5678.",
+                _("Not a phone number: give it with its country code, e.g. +81 90 1234 5678."),
                 code="invalid_phone_number",
             ) from None
         if not phonenumbers.is_valid_number(number):
             raise Invalid(
-                "This phone number is not valid for its country.", code="invalid_phone_number"
+                _("This phone number is not valid for its country."), code="invalid_phone_number"
             )
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
 
@@ -289,6 +290,36 @@ class WhatsAppProvider(Provider):
             spec, request.get("parameters"), request.get("header"), request.get("buttons")
         )
         return [{"field": p.field, "code": p.code, "message": p.message} for p in problems]
+
+    @classmethod
+    def template_form(cls, template: dict[str, Any]) -> dict[str, Any]:
+        spec = wire.TemplateSpec.from_graph(template)
+        needs = spec.required_parameters()
+        valued = {slot.index: slot for slot in needs.buttons}
+        return {
+            "header": {
+                "kind": needs.header,
+                "text": spec.header_text,
+                "key": needs.header_param.key if needs.header_param else "",
+                "example": needs.header_param.example if needs.header_param else "",
+            },
+            "body": {
+                "text": spec.body_text,
+                "params": [{"key": slot.key, "example": slot.example} for slot in needs.body],
+            },
+            "footer": spec.footer_text,
+            "buttons": [
+                {
+                    "index": button.index,
+                    "text": button.text,
+                    "needs_value": button.index in valued,
+                    "sub_type": valued[button.index].sub_type if button.index in valued else "",
+                    "example": valued[button.index].example if button.index in valued else "",
+                }
+                for button in spec.buttons
+            ],
+            "named": needs.named,
+        }
 
     @classmethod
     def template_text(cls, template: dict[str, Any], request: dict[str, Any]) -> str:

@@ -905,24 +905,7 @@ def _render_reaction(message: WaMessage, raw: dict[str, Any]) -> _Rendered | Non
 
 # ISO 4217 currencies without minor units, so a yen total reads "JPY 1500", not "JPY 1500.00".
 _ZERO_DECIMAL_CURRENCIES = frozenset(
-    {
-        "BIF",
-        "CLP",
-        "DJF",
-        "GNF",
-        "ISK",
-        "JPY",
-        "KMF",
-        "KRW",
-        "PYG",
-        "RWF",
-        "UGX",
-        "VND",
-        "VUV",
-        "XAF",
-        "XOF",
-        "XPF",
-    }
+    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX VND VUV XAF XOF XPF".split()
 )
 
 
@@ -1097,7 +1080,9 @@ def _parameter(value: TemplateValue, name: str | None = None) -> dict[str, Any]:
     return parameter
 
 
-def _header_parameter(header: Mapping[str, Any]) -> dict[str, Any]:
+def _header_parameter(header: Mapping[str, Any] | str) -> dict[str, Any]:
+    if isinstance(header, str):
+        return {"type": "text", "text": header}
     kind = header.get("type")
     if kind == "text":
         parameter: dict[str, Any] = {"type": "text", "text": header.get("text", "")}
@@ -1130,7 +1115,7 @@ def template_body(
     language: str,
     *,
     body_params: Sequence[TemplateValue] | Mapping[str, TemplateValue] = (),
-    header: Mapping[str, Any] | None = None,
+    header: Mapping[str, Any] | str | None = None,
     buttons: Sequence[Mapping[str, Any]] | None = None,
     named: bool = False,
 ) -> dict[str, Any]:
@@ -1139,7 +1124,7 @@ def template_body(
     ``body_params``: a list (positional ``{{1}}``...) or a dict name → value (named templates:
     each parameter gets ``parameter_name``; a dict implies ``named``). A value is a str (a text
     parameter) or a dict already in Meta's shape (``{"type": "currency", "currency": {...}}``).
-    ``header``: ``{"type": "text", "text": ...}`` or ``{"type": "image"|"video"|"document",
+    ``header``: a str or ``{"type": "text", "text": ...}`` (a text header), or ``{"type": "image"|"video"|"document",
     "id"|"link": ..., "filename": ...}`` (or ``{"type": "location", "location": {...}}``); a
     ``parameter_name`` key is passed on. ``buttons``: ``{"index": i, "sub_type": "quick_reply"|
     "url"|"copy_code", "value": str}``. Values are not checked here (see
@@ -1207,7 +1192,7 @@ class _GraphButton(WireModel):
     url: str = ""
     phone_number: str = ""
     otp_type: str = ""
-    example: list[str] | str | None = None
+    example: Any = None  # a list of str for URL buttons, a str for COPY_CODE
 
 
 class _GraphComponent(WireModel):
@@ -1327,16 +1312,18 @@ class TemplateSpec:
                 spec["footer_text"] = component.text
             elif kind == "BUTTONS":
                 for button in component.buttons:
-                    kind = button.type.upper()
-                    if kind == "OTP" and button.otp_type:
-                        kind = button.otp_type.upper()  # COPY_CODE, ONE_TAP, ZERO_TAP
+                    button_type = button.type.upper()
+                    if button_type == "OTP" and button.otp_type:
+                        button_type = button.otp_type.upper()  # COPY_CODE, ONE_TAP, ZERO_TAP
                     sample = button.example
-                    if not isinstance(sample, str):
+                    if isinstance(sample, list):
                         sample = sample[0] if sample else ""
+                    if not isinstance(sample, str):
+                        sample = ""
                     buttons.append(
                         TemplateButton(
                             index=len(buttons),
-                            type=kind,
+                            type=button_type,
                             text=button.text,
                             url=button.url,
                             example=sample,
@@ -1370,14 +1357,17 @@ class TemplateSpec:
                 ParamSlot(n, examples.get(n, "")) for n in _variables(self.body_text, True)
             )
         else:
-            count = max((int(n) for n in _variables(self.body_text, False)), default=0)
-            if count == 0 and self.category == "AUTHENTICATION":
+            # Meta numbers variables {{1}}..{{n}}; sorting the distinct ones keeps a send's
+            # values in that order even when the text uses them out of order.
+            numbers = sorted({int(n) for n in _variables(self.body_text, False)})
+            if not numbers and self.category == "AUTHENTICATION":
                 # Authentication bodies are fixed by Meta ("{{1}} is your verification code")
                 # and may be listed without text; the code is still the one body value.
-                count = 1
+                numbers = [1]
+            examples = self.body_examples
             body = tuple(
-                ParamSlot(str(n), self.body_examples[n - 1] if n <= len(self.body_examples) else "")
-                for n in range(1, count + 1)
+                ParamSlot(str(n), examples[i] if i < len(examples) else "")
+                for i, n in enumerate(numbers)
             )
         button_slots = []
         for button in self.buttons:
@@ -1628,9 +1618,6 @@ def _check_header(needs: TemplateRequirements, header: Any) -> list[ParamProblem
     if not (_non_empty_str(header.get("id")) or _non_empty_str(header.get("link"))):
         return [ParamProblem("header", "missing", f"the {needs.header} needs an id or a link")]
     return []
-
-
-_BUTTON_SUB_TYPES = {"QUICK_REPLY": "quick_reply", "URL": "url", "COPY_CODE": "copy_code"}
 
 
 def _check_buttons(

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db.models import F, Q, QuerySet
+from django.utils.translation import gettext as _
 
 from madoguchi.errors import Invalid, NotFound
-from madoguchi.models import Conversation, Message, User
+from madoguchi.models import AuditEvent, Conversation, Message, User
 from madoguchi.rules.access import readable_conversations_q
 
 
@@ -23,7 +24,7 @@ def access_conversation(user: User, conversation_id: int) -> Conversation:
     """The conversation if ``user`` may read it; NotFound otherwise (no existence leak)."""
     conversation = conversations_for(user).filter(pk=conversation_id).first()
     if conversation is None:
-        raise NotFound("No such conversation.")
+        raise NotFound(_("No such conversation."))
     return conversation
 
 
@@ -43,7 +44,7 @@ def decode_cursor(cursor: str) -> tuple[datetime | None, int]:
         stamp, pk = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
         return (datetime.fromisoformat(stamp) if stamp else None), int(pk)
     except (ValueError, UnicodeDecodeError):
-        raise Invalid("The cursor is not valid.", code="invalid_cursor") from None
+        raise Invalid(_("The cursor is not valid."), code="invalid_cursor") from None
 
 
 def list_conversations(
@@ -52,13 +53,14 @@ def list_conversations(
     assignee: str | None = None,
     status: str = "open",
     channel_id: int | None = None,
+    team_id: int | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> Page:
     """One page of the inbox, most recent activity first (keyset pagination: constant cost
     whatever the page number). ``assignee``: "me", "none" or a user id."""
     if limit < 1 or limit > 200:
-        raise Invalid("limit must be between 1 and 200.", code="invalid_limit")
+        raise Invalid(_("limit must be between 1 and 200."), code="invalid_limit")
     qs = conversations_for(user)
     if assignee == "me":
         qs = qs.filter(assignee_id=user.pk)
@@ -66,12 +68,14 @@ def list_conversations(
         qs = qs.filter(assignee__isnull=True)
     elif assignee:
         if not str(assignee).isdigit():
-            raise Invalid("assignee must be me, none or a user id.", code="invalid_assignee")
+            raise Invalid(_("assignee must be me, none or a user id."), code="invalid_assignee")
         qs = qs.filter(assignee_id=int(assignee))
     if status != "all":
         qs = qs.filter(status=status)
     if channel_id is not None:
         qs = qs.filter(channel_id=channel_id)
+    if team_id is not None:
+        qs = qs.filter(team_id=team_id)
     if cursor:
         stamp, pk = decode_cursor(cursor)
         if stamp is None:
@@ -100,3 +104,47 @@ def history(
     latest = list(qs.order_by("-id")[:limit])
     latest.reverse()
     return latest
+
+
+TIMELINE_ACTIONS = (
+    "conversation.created",
+    "conversation.started",
+    "conversation.claimed",
+    "conversation.assigned",
+    "conversation.transferred",
+    "conversation.resolved",
+    "conversation.open",
+    "conversation.snoozed",
+)
+
+
+def assignment_history(conversation: Conversation) -> list[AuditEvent]:
+    """Who took, gave or closed this conversation, oldest first."""
+    return list(
+        AuditEvent.objects.filter(
+            conversation__identity_id=conversation.identity_id, action__in=TIMELINE_ACTIONS
+        )
+        .select_related("actor")
+        .order_by("id")
+    )
+
+
+def search(user: User, text: str, *, limit: int = 30) -> tuple[list[Conversation], list[Message]]:
+    """Conversations whose contact matches ``text`` (name or handle), and messages containing it,
+    both only where ``user`` may read, most recent first."""
+    text = text.strip()
+    if len(text) < 2:
+        return [], []
+    readable = conversations_for(user)
+    by_contact = list(
+        readable.filter(
+            Q(contact__name__icontains=text) | Q(identity__handle__contains=text)
+        ).order_by(F("last_message_at").desc(nulls_last=True), "-id")[:limit]
+    )
+    messages = list(
+        Message.objects.filter(conversation__in=readable.values("pk"), text__icontains=text)
+        .exclude(kind="note", author__isnull=True)
+        .select_related("conversation__contact", "conversation__channel", "author")
+        .order_by("-id")[:limit]
+    )
+    return by_contact, messages

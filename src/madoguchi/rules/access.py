@@ -6,6 +6,7 @@ Reading follows the channel's visibility; sending belongs to the assignee alone.
 from __future__ import annotations
 
 from django.db.models import Q
+from django.utils.translation import gettext as _
 
 from madoguchi.errors import Forbidden
 from madoguchi.models import Channel, Conversation, User, Visibility
@@ -46,14 +47,14 @@ def check_can_send(user: User, conversation: Conversation) -> None:
     """Only the assignee sends (SPEC §2.1). Raises Forbidden(``not_assignee``)."""
     if conversation.assignee_id is None:
         raise Forbidden(
-            "This conversation is unassigned: claim it or have it assigned before replying.",
+            _("This conversation is unassigned: claim it or have it assigned before replying."),
             code="not_assignee",
             assignee=None,
         )
     if conversation.assignee_id != user.pk:
         owner = conversation.assignee
         raise Forbidden(
-            f"Only the assignee ({owner.label if owner else '?'}) can reply.",
+            _("Only the assignee (%(name)s) can reply.") % {"name": owner.label if owner else "?"},
             code="not_assignee",
             assignee=owner.pk if owner else None,
         )
@@ -62,15 +63,15 @@ def check_can_send(user: User, conversation: Conversation) -> None:
 def check_can_write_note(user: User, conversation: Conversation) -> None:
     """Any staff member who can read may add a private note; watchers are read-only."""
     if user.is_watcher:
-        raise Forbidden("Watchers have read-only access.", code="read_only")
+        raise Forbidden(_("Watchers have read-only access."), code="read_only")
 
 
 def check_can_claim(user: User, conversation: Conversation) -> None:
     if user.is_watcher:
-        raise Forbidden("Watchers have read-only access.", code="read_only")
+        raise Forbidden(_("Watchers have read-only access."), code="read_only")
     if conversation.assignee_id is not None and conversation.assignee_id != user.pk:
         raise Forbidden(
-            "This conversation already has an assignee; ask a supervisor to reassign it.",
+            _("This conversation already has an assignee; ask a supervisor to reassign it."),
             code="already_assigned",
         )
 
@@ -80,11 +81,11 @@ def check_can_assign(user: User, conversation: Conversation, new_assignee: User 
     if user.is_supervisor_or_admin:
         return
     if user.is_watcher:
-        raise Forbidden("Watchers have read-only access.", code="read_only")
+        raise Forbidden(_("Watchers have read-only access."), code="read_only")
     if conversation.assignee_id == user.pk and new_assignee is not None:
         return  # a transfer to a colleague
     raise Forbidden(
-        "Only the assignee may transfer this conversation; supervisors may reassign it.",
+        _("Only the assignee may transfer this conversation; supervisors may reassign it."),
         code="forbidden",
     )
 
@@ -94,19 +95,19 @@ def check_can_change_status(user: User, conversation: Conversation) -> None:
         return
     if conversation.assignee_id is None and not user.is_watcher:
         return
-    raise Forbidden("Only the assignee or a supervisor can do this.", code="forbidden")
+    raise Forbidden(_("Only the assignee or a supervisor can do this."), code="forbidden")
 
 
 def check_is_admin(user: User) -> None:
     if not user.is_admin:
-        raise Forbidden("Only administrators can do this.", code="forbidden")
+        raise Forbidden(_("Only administrators can do this."), code="forbidden")
 
 
 def check_assignable(user: User) -> None:
     """Conversations go only to active people who can reply."""
     if not user.is_active or user.is_watcher:
         raise Forbidden(
-            "Conversations can only be assigned to active agents.", code="invalid_assignee"
+            _("Conversations can only be assigned to active agents."), code="invalid_assignee"
         )
 
 

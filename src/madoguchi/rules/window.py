@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from madoguchi.errors import Invalid
 from madoguchi.models import ContactIdentity
@@ -51,7 +52,7 @@ def check_free_form_allowed(identity: ContactIdentity) -> None:
         return
     if window.expires_at is None:
         raise Invalid(
-            "This contact has not written to this number yet: start with an approved template.",
+            _("This contact has not written to this number yet: start with an approved template."),
             code="template_required",
         )
     raise Invalid(

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils.translation import gettext as _
 from ninja import File, Form, NinjaAPI, Schema, Status, UploadedFile
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
@@ -154,7 +155,7 @@ def start_conversation(request: HttpRequest, payload: StartRequest):
     user = current_user(request)
     channel = Channel.objects.filter(pk=payload.channel, is_active=True).first()
     if channel is None:
-        raise NotFound("No such channel.")
+        raise NotFound(_("No such channel."))
     template = payload.template.dict() if payload.template else None
     message = outbound.check_start_conversation(
         user, channel, payload.to, template=template, text=payload.text or ""
@@ -176,7 +177,7 @@ def get_messages(
 ):
     user = current_user(request)
     if limit < 1 or limit > 200:
-        raise Invalid("limit must be between 1 and 200.", code="invalid_limit")
+        raise Invalid(_("limit must be between 1 and 200."), code="invalid_limit")
     conversation = access_conversation(user, conversation_id)
     messages = history(user, conversation, before_id=before, limit=limit)
     return {
@@ -196,7 +197,7 @@ def send_message(request: HttpRequest, conversation_id: int, payload: SendReques
             user, conversation, payload.text, reply_to_id=payload.reply_to
         )
     else:
-        raise Invalid("Give either text or a template.", code="invalid_request")
+        raise Invalid(_("Give either text or a template."), code="invalid_request")
     return Status(202, message_json(message))
 
 
@@ -244,7 +245,7 @@ def assign(request: HttpRequest, conversation_id: int, payload: AssignRequest):
     if payload.assignee is not None:
         assignee = User.objects.filter(pk=payload.assignee).first()
         if assignee is None:
-            raise Invalid("No such user.", code="invalid_assignee")
+            raise Invalid(_("No such user."), code="invalid_assignee")
     updated = conversation_actions.check_assign(user, conversation, assignee, note=payload.note)
     return conversation_json(updated)
 

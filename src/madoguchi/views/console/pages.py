@@ -1,47 +1,232 @@
-"""The console's pages (minimal for now: sign-in, the inbox list, one conversation)."""
+"""The console's pages: the inbox with its conversation list and thread, search, a new
+conversation, settings. Views only parse, fetch with a permission check and render."""
 
 from __future__ import annotations
 
+import zoneinfo
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from madoguchi.errors import NotFound
-from madoguchi.models import Message
-from madoguchi.queries.conversations import access_conversation, history, list_conversations
-from madoguchi.queries.serialize import conversation_json, message_json
+from madoguchi.models import CannedReply, Channel, Conversation, Message, Team, Template, User
+from madoguchi.providers.registry import provider_class
+from madoguchi.queries import conversations as queries
+from madoguchi.queries.serialize import conversation_json, message_json, user_json
+
+VIEWS = {"mine": "me", "unassigned": "none", "all": None}
+
+
+def list_context(request: HttpRequest) -> dict[str, Any]:
+    """The conversation list of the current view (Mine, Unassigned, All; channel; team)."""
+    user: User = request.user  # type: ignore[assignment]
+    view = request.GET.get("view", "mine")
+    if view not in VIEWS:
+        view = "mine"
+    status = request.GET.get("status", "open")
+    if status not in ("open", "snoozed", "resolved", "all"):
+        status = "open"
+    channel_id = request.GET.get("channel", "")
+    team_id = request.GET.get("team", "")
+    page = queries.list_conversations(
+        user,
+        assignee=VIEWS[view],
+        status=status,
+        channel_id=int(channel_id) if channel_id.isdigit() else None,
+        team_id=int(team_id) if team_id.isdigit() else None,
+        cursor=request.GET.get("cursor") or None,
+        limit=50,
+    )
+    items = page.items
+    readable = queries.conversations_for(user).filter(status="open")
+    counts = {
+        "mine": readable.filter(assignee_id=user.pk).count(),
+        "unassigned": readable.filter(assignee__isnull=True).count(),
+    }
+    return {
+        "view": view,
+        "status": status,
+        "channel_filter": channel_id,
+        "team_filter": team_id,
+        "conversations": [conversation_json(c) for c in items],
+        "next_cursor": page.next_cursor,
+        "counts": counts,
+        "channels": Channel.objects.filter(is_active=True).order_by("name"),
+        "teams": Team.objects.order_by("name"),
+        "query_string": request.GET.urlencode(),
+    }
+
+
+def composer_state(user: User, conversation: Conversation) -> dict[str, Any]:
+    """What the composer shows: the rules decide, the page only displays their answer."""
+    if user.is_watcher:
+        return {"mode": "readonly"}
+    if conversation.assignee_id != user.pk:
+        return {
+            "mode": "not_assignee",
+            "owner": user_json(conversation.assignee),
+            "can_claim": conversation.assignee_id is None,
+        }
+    window = conversation_json(conversation)["window"]
+    return {"mode": "free" if window["open"] else "template", "window": window}
+
+
+def templates_for(channel: Channel) -> list[dict[str, Any]]:
+    provider = provider_class(channel.kind)
+    if not provider.capabilities.has_templates:
+        return []
+    forms = []
+    for template in Template.objects.filter(channel=channel, status="APPROVED").order_by(
+        "name", "language"
+    ):
+        from madoguchi.actions.outbound import template_graph
+
+        try:
+            form = provider.template_form(template_graph(template))
+        except ValueError:
+            continue  # a template the platform described in a way we cannot use
+        forms.append(
+            {"name": template.name, "language": template.language, "category": template.category}
+            | form
+        )
+    return forms
+
+
+def parse_time(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def thread_context(user: User, conversation: Conversation) -> dict[str, Any]:
+    messages = queries.history(user, conversation, limit=100)
+    history = [
+        {
+            "action": event.action.split(".", 1)[1],
+            "actor": event.actor.label if event.actor else "",
+            "assignee": event.data.get("assignee"),
+            "note": event.data.get("note", ""),
+            "created_at": event.created_at,
+        }
+        for event in queries.assignment_history(conversation)
+    ]
+    names = dict(
+        User.objects.filter(pk__in=[h["assignee"] for h in history if h["assignee"]]).values_list(
+            "pk", "display_name"
+        )
+    )
+    for item in history:
+        item["assignee_name"] = names.get(item["assignee"], "")
+    quoted = {m.pk: m for m in messages}
+    missing = [m.reply_to_id for m in messages if m.reply_to_id and m.reply_to_id not in quoted]
+    quoted |= {m.pk: m for m in Message.objects.filter(pk__in=missing)}
+    rendered = []
+    for message in messages:
+        item = message_json(message)
+        if message.reply_to_id and message.reply_to_id in quoted:
+            item["quote"] = quoted[message.reply_to_id].text[:160]
+        rendered.append(item)
+    timeline = [{"type": "message", **m} for m in rendered] + [
+        {"type": "event", **h} for h in history
+    ]
+    timeline.sort(key=lambda item: str(parse_time(item["created_at"])))
+    return {
+        "conversation": conversation_json(conversation),
+        "timeline": timeline,
+        "composer": composer_state(user, conversation),
+        "templates": templates_for(conversation.channel),
+        "colleagues": [
+            user_json(u)
+            for u in User.objects.filter(is_active=True)
+            .exclude(role="watcher")
+            .exclude(pk=user.pk)
+            .order_by("display_name", "username")
+        ],
+        "canned": list(CannedReply.objects.order_by("shortcut").values("shortcut", "text")),
+        "can_reassign": user.is_supervisor_or_admin,
+    }
 
 
 @login_required
 @require_GET
-def inbox(request: HttpRequest) -> HttpResponse:
-    view = request.GET.get("view", "mine")
-    assignee = {"mine": "me", "unassigned": "none"}.get(view)
-    page = list_conversations(request.user, assignee=assignee, status="open")
+@never_cache
+def inbox(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
+    context = list_context(request)
+    if conversation_id is not None:
+        try:
+            conversation = queries.access_conversation(request.user, conversation_id)
+        except NotFound:
+            raise Http404 from None
+        context |= thread_context(request.user, conversation)
+    return render(request, "madoguchi/inbox.html", context)
+
+
+@login_required
+@require_GET
+@never_cache
+def conversation_list_fragment(request: HttpRequest) -> HttpResponse:
+    """The list alone, for the browser to re-fetch after a gap in the live connection."""
+    return render(request, "madoguchi/_conversation_list.html", list_context(request))
+
+
+@login_required
+@require_GET
+@never_cache
+def thread_fragment(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The thread alone (timeline + composer), re-fetched after a gap or a change of owner."""
+    try:
+        conversation = queries.access_conversation(request.user, conversation_id)
+    except NotFound:
+        raise Http404 from None
+    return render(request, "madoguchi/_thread.html", thread_context(request.user, conversation))
+
+
+@login_required
+@require_GET
+def search(request: HttpRequest) -> HttpResponse:
+    text = request.GET.get("q", "")
+    conversations, messages = queries.search(request.user, text)
     return render(
         request,
-        "madoguchi/inbox.html",
-        {"view": view, "conversations": [conversation_json(c) for c in page.items]},
+        "madoguchi/search.html",
+        {
+            "q": text,
+            "conversations": [conversation_json(c) for c in conversations],
+            "messages": messages,
+        },
     )
 
 
 @login_required
-@require_GET
-def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    try:
-        item = access_conversation(request.user, conversation_id)
-    except NotFound:
-        raise Http404 from None
+def new_conversation(request: HttpRequest) -> HttpResponse:
+    channels = [
+        {"channel": c, "templates": templates_for(c)}
+        for c in Channel.objects.filter(is_active=True).order_by("name")
+        if provider_class(c.kind).capabilities.has_templates
+    ]
     return render(
         request,
-        "madoguchi/conversation.html",
+        "madoguchi/new.html",
         {
-            "conversation": conversation_json(item),
-            "messages": [message_json(m) for m in history(request.user, item)],
+            "channels": channels,
+            "templates_by_channel": {c["channel"].pk: c["templates"] for c in channels},
+        },
+    )
+
+
+@login_required
+def preferences(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "madoguchi/settings.html",
+        {
+            "time_zones": sorted(zoneinfo.available_timezones() - {"localtime", "Factory"}),
+            "languages": settings.LANGUAGES,
         },
     )
 
@@ -53,16 +238,19 @@ def media(request: HttpRequest, message_id: int) -> FileResponse:
     if message is None or not message.media_path:
         raise Http404
     try:
-        access_conversation(request.user, message.conversation_id)
+        queries.access_conversation(request.user, message.conversation_id)
     except NotFound:
         raise Http404 from None
-    path = (Path(settings.MEDIA_ROOT) / message.media_path).resolve()
-    if not path.is_relative_to(Path(settings.MEDIA_ROOT).resolve()) or not path.exists():
+    root = Path(settings.MEDIA_ROOT).resolve()
+    path = (root / message.media_path).resolve()
+    if not path.is_relative_to(root) or not path.exists():
         raise Http404
     response = FileResponse(
         path.open("rb"), content_type=message.media_mime or "application/octet-stream"
     )
-    # Customer files are never rendered as our own pages (no stored-XSS through an SVG/HTML).
+    # Customer files are never rendered as our own pages (no stored XSS through SVG or HTML).
     response["Content-Security-Policy"] = "sandbox; default-src 'none'"
     response["X-Content-Type-Options"] = "nosniff"
+    if request.GET.get("download"):
+        response["Content-Disposition"] = "attachment"
     return response
