@@ -157,6 +157,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",
     "madoguchi.views.console.middleware.UserPreferencesMiddleware",
+    "madoguchi.views.api.ApiErrorShape",
 ]
 
 ROOT_URLCONF = "madoguchi.urls"

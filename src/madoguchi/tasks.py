@@ -15,7 +15,7 @@ from madoguchi.actions import outbound
 from madoguchi.actions.channels import do_sync_templates
 from madoguchi.actions.media import do_record_media
 from madoguchi.models import Channel, Job, Message, Throttle
-from madoguchi.providers.base import MediaRef, MediaTooLarge, SendError
+from madoguchi.providers.base import MediaRef, MediaTooLarge, PlatformError, SendError
 from madoguchi.providers.registry import provider_for
 from madoguchi.storage import new_media_name
 
@@ -23,10 +23,26 @@ log = logging.getLogger(__name__)
 
 
 class Reschedule(Exception):
-    def __init__(self, delay: float, reason: str) -> None:
+    def __init__(self, delay: float, reason: str, *, counts_as_attempt: bool = True) -> None:
         super().__init__(reason)
         self.delay = delay
         self.reason = reason
+        self.counts_as_attempt = counts_as_attempt
+
+
+def give_up(job: Job, error: str) -> None:
+    """A job failed unexpectedly too many times: drop it, and fail its message visibly."""
+    log.error("job %s (%s) given up after %s attempts", job.pk, job.kind, job.attempts)
+    if job.kind == "send_message":
+        outbound.do_record_failure(
+            job.args["message_id"],
+            PlatformError(
+                code=-5, title="Internal error", details=error.strip().splitlines()[-1][:500]
+            ),
+        )
+    elif job.kind == "fetch_media":
+        do_record_media(job.args["message_id"], state="failed")
+    Job.objects.filter(pk=job.pk).delete()
 
 
 def retry_delay(attempts: int) -> float:
@@ -34,25 +50,33 @@ def retry_delay(attempts: int) -> float:
     return min(base * (2 ** max(attempts - 1, 0)), 300.0)
 
 
+MAX_PACING_SLEEP = 1.0
+
+
 def reserve_send_slot(channel: Channel) -> float:
-    """Pace sends per business number (``outbound_mps``) across every worker: returns how many
-    seconds to wait before this send may start."""
+    """Pace sends per business number (``outbound_mps``) across every worker.
+
+    Returns 0 or the seconds to sleep (at most MAX_PACING_SLEEP) before sending in the slot
+    just reserved; raises Reschedule (not counted as an attempt, no slot taken) when the next
+    free slot is further away than that."""
     interval = 1.0 / max(channel.outbound_mps, 1)
     now = time.time()
     with transaction.atomic():
-        throttle, _ = Throttle.objects.select_for_update().get_or_create(
+        throttle, _created = Throttle.objects.select_for_update().get_or_create(
             name=f"channel:{channel.pk}"
         )
         slot = max(throttle.next_free, now)
-        throttle.next_free = slot + interval
-        throttle.save(update_fields=["next_free"])
-    return slot - now
+        if slot - now <= MAX_PACING_SLEEP:
+            throttle.next_free = slot + interval
+            throttle.save(update_fields=["next_free"])
+            return slot - now
+    raise Reschedule(slot - now, "pacing", counts_as_attempt=False)
 
 
 def hold_number(channel: Channel, seconds: float) -> None:
     """The platform said the number's throughput is exhausted: every send on it waits."""
     with transaction.atomic():
-        throttle, _ = Throttle.objects.select_for_update().get_or_create(
+        throttle, _created = Throttle.objects.select_for_update().get_or_create(
             name=f"channel:{channel.pk}"
         )
         throttle.next_free = max(throttle.next_free, time.time() + seconds)
@@ -69,8 +93,6 @@ def send_message(job: Job, message_id: int) -> None:
         return  # already sent (or deleted): sending again would double it
     channel = message.channel
     wait = reserve_send_slot(channel)
-    if wait > 1.0:
-        raise Reschedule(wait, "pacing")
     if wait > 0:
         time.sleep(wait)
     provider = provider_for(channel)
@@ -94,7 +116,7 @@ def send_message(job: Job, message_id: int) -> None:
             )
     except SendError as exc:
         if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
-            outbound.do_record_failure(message.pk, exc.error, provider.explain_error(exc.error))
+            outbound.do_record_failure(message.pk, exc.error)
             return
         if exc.scope == "pair":
             # Meta: after 131056 retry in 4^X seconds, X from 0. Only this recipient waits (its
@@ -118,7 +140,9 @@ def fetch_media(job: Job, message_id: int) -> None:
 
     ref = MediaRef(platform_media_id=message.media_platform_id, mime_type=message.media_mime)
     try:
-        stored = provider.fetch_media(ref, new_media_name("inbound", message.media_mime))
+        stored = provider.fetch_media(
+            ref, new_media_name("inbound", message.media_mime), kind=message.kind
+        )
     except MediaTooLarge:
         do_record_media(message.pk, state="too_large")
         return

@@ -28,7 +28,7 @@ from madoguchi.actions.inbound import RetryLater, do_process_raw_event
 from madoguchi.models import Channel, Job, RawEvent
 from madoguchi.providers.registry import provider_class, provider_for
 from madoguchi.realtime import wakeup
-from madoguchi.tasks import HANDLERS, Reschedule, retry_delay
+from madoguchi.tasks import HANDLERS, Reschedule, give_up, retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -128,32 +128,54 @@ class Worker:
                 claimed.append(job_id)
         return list(Job.objects.filter(pk__in=claimed).order_by("run_at", "id"))
 
+    def renew_lease(self, job: Job) -> bool:
+        """Extend our lease just before running the job; False if another worker took it since
+        (our lease ran out while earlier jobs of the batch ran). Never run a job we lost."""
+        now = timezone.now()
+        return bool(
+            Job.objects.filter(pk=job.pk, claimed_by=self.name[:64])
+            .filter(lease_until__gt=now)
+            .update(lease_until=now + self.lease)
+        )
+
     def run_job(self, job: Job) -> None:
         if self.pause_after_claim:
             time.sleep(self.pause_after_claim)
+        if not self.renew_lease(job):
+            log.info("job %s was taken over by another worker; skipped", job.pk)
+            return
         handler = HANDLERS.get(job.kind)
         if handler is None:
             log.error("job %s has unknown kind %r; dropped", job.pk, job.kind)
             Job.objects.filter(pk=job.pk).delete()
             return
+        mine = Job.objects.filter(pk=job.pk, claimed_by=job.claimed_by)
         try:
             handler(job, **job.args)
         except Reschedule as again:
-            Job.objects.filter(pk=job.pk, claimed_by=job.claimed_by).update(
-                run_at=timezone.now() + timedelta(seconds=again.delay),
-                lease_until=None,
-                last_error=again.reason[:2000],
-            )
+            update = {
+                "run_at": timezone.now() + timedelta(seconds=again.delay),
+                "lease_until": None,
+                "last_error": again.reason[:2000],
+            }
+            if not again.counts_as_attempt:  # waiting for a slot is not a failure
+                update["attempts"] = F("attempts") - 1
+            mine.update(**update)
             return
         except Exception:
             log.exception("job %s (%s) failed", job.pk, job.kind)
-            Job.objects.filter(pk=job.pk).update(
+            if job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
+                # A bug, not bad luck: stop retrying so later jobs with the same key can run,
+                # and let the handler's owner record the failure where people will see it.
+                give_up(job, traceback.format_exc(limit=5))
+                return
+            mine.update(
                 run_at=timezone.now() + timedelta(seconds=retry_delay(job.attempts)),
                 lease_until=None,
                 last_error=traceback.format_exc(limit=5)[:2000],
             )
             return
-        Job.objects.filter(pk=job.pk).delete()
+        mine.delete()
 
     # -- scheduling ----------------------------------------------------------------------
     def run_schedules(self) -> None:

@@ -18,12 +18,17 @@ from . import audit
 from .jobs import enqueue
 
 
-def lock(conversation: Conversation) -> Conversation:
-    """Re-read the conversation under a row lock (PostgreSQL) inside the caller's transaction."""
-    return (
-        Conversation.objects.select_for_update(of=("self",))
-        .select_related("channel", "contact", "identity", "assignee")
-        .get(pk=conversation.pk)
+def lock(conversation: Conversation | int) -> Conversation:
+    """Re-read the conversation under a row lock inside the caller's transaction.
+
+    The lock is taken without joins, then the row is read again with its relations: after
+    waiting for a lock PostgreSQL re-checks only the locked row, so joined rows (the assignee,
+    say) read in the same statement could be stale.
+    """
+    pk = conversation if isinstance(conversation, int) else conversation.pk
+    Conversation.objects.select_for_update().only("pk").get(pk=pk)
+    return Conversation.objects.select_related("channel", "contact", "identity", "assignee").get(
+        pk=pk
     )
 
 
@@ -73,7 +78,9 @@ def do_assign(
             contact.owner = assignee
             contact.save(update_fields=["owner"])
         if note:
-            Message.objects.create(
+            from .outbound import publish_message
+
+            message = Message.objects.create(
                 conversation=conversation,
                 channel=conversation.channel,
                 direction="out",
@@ -82,6 +89,7 @@ def do_assign(
                 author=actor,
                 data={"transfer_to": assignee.pk if assignee else None},
             )
+            publish_message(message, conversation)
         publish_conversation(conversation, before)
     return conversation
 
@@ -103,13 +111,16 @@ def check_assign(
 ) -> Conversation:
     if assignee is not None:
         access.check_assignable(assignee)
-    access.check_can_assign(actor, conversation, assignee)
-    action = (
-        "conversation.transferred"
-        if conversation.assignee_id == actor.pk and not actor.is_supervisor_or_admin
-        else "conversation.assigned"
-    )
-    return do_assign(actor, conversation, assignee, note=note, action=action)
+    with transaction.atomic():
+        current = lock(conversation)
+        # Checked on the locked row: a supervisor's reassignment a moment ago wins.
+        access.check_can_assign(actor, current, assignee)
+        action = (
+            "conversation.transferred"
+            if current.assignee_id == actor.pk and not actor.is_supervisor_or_admin
+            else "conversation.assigned"
+        )
+        return do_assign(actor, current, assignee, note=note, action=action)
 
 
 def do_set_status(
@@ -119,6 +130,8 @@ def do_set_status(
     *,
     snoozed_until: datetime | None = None,
 ) -> Conversation:
+    if snoozed_until is not None and timezone.is_naive(snoozed_until):
+        snoozed_until = timezone.make_aware(snoozed_until)
     if status not in ConversationStatus.values:
         raise Invalid(_("Unknown status %(status)s.") % {"status": status}, code="invalid_status")
     if status == ConversationStatus.SNOOZED and (
@@ -158,8 +171,10 @@ def do_set_status(
 def check_set_status(
     actor: User, conversation: Conversation, status: str, *, snoozed_until: datetime | None = None
 ) -> Conversation:
-    access.check_can_change_status(actor, conversation)
-    return do_set_status(actor, conversation, status, snoozed_until=snoozed_until)
+    with transaction.atomic():
+        current = lock(conversation)
+        access.check_can_change_status(actor, current)
+        return do_set_status(actor, current, status, snoozed_until=snoozed_until)
 
 
 def do_mark_seen(user: User, conversation: Conversation) -> Conversation:
@@ -190,7 +205,17 @@ def do_wake_snoozed(now: datetime | None = None) -> int:
     """Reopen conversations whose snooze time has passed. Returns how many."""
     now = now or timezone.now()
     count = 0
-    for conversation in Conversation.objects.filter(status="snoozed", snoozed_until__lte=now):
-        do_set_status(None, conversation, "open")
-        count += 1
+    for pk in Conversation.objects.filter(status="snoozed", snoozed_until__lte=now).values_list(
+        "pk", flat=True
+    ):
+        with transaction.atomic():
+            current = lock(pk)
+            # Resolved or snoozed again since the query: leave it alone.
+            if (
+                current.status == "snoozed"
+                and current.snoozed_until
+                and current.snoozed_until <= now
+            ):
+                do_set_status(None, current, "open")
+                count += 1
     return count

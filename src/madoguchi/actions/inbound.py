@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from madoguchi.models import (
@@ -30,7 +31,7 @@ from madoguchi.providers.base import (
 )
 
 from . import audit
-from .conversations import publish_conversation
+from .conversations import lock, publish_conversation
 from .jobs import enqueue
 from .outbound import PREVIEW_LENGTH, do_apply_status, publish_message
 
@@ -97,60 +98,64 @@ def conversation_for(channel: Channel, identity: ContactIdentity) -> tuple[Conve
     return conversation, True
 
 
+def clean(text: str, limit: int | None = None) -> str:
+    """Platform text as our columns take it: no NUL (PostgreSQL refuses it), within length."""
+    text = text.replace("\x00", "")
+    return text[:limit] if limit else text
+
+
 def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | None:
-    """Store one inbound message; None when it was already stored (a duplicate delivery)."""
-    if Message.objects.filter(
-        channel=channel, platform_message_id=inbound.platform_message_id
-    ).exists():
+    """Store one inbound message; None when it was already stored (a duplicate delivery).
+
+    Safe against concurrent workers: the window start and the conversation's summary only move
+    forward, and the conversation row is locked while it changes."""
+    message_id = clean(inbound.platform_message_id, 255)
+    if Message.objects.filter(channel=channel, platform_message_id=message_id).exists():
         return None
     identity = identity_for(channel, inbound)
-    if identity.last_inbound_at is None or inbound.timestamp > identity.last_inbound_at:
-        # The window runs from the platform's timestamp of the latest inbound message, so a
-        # late-delivered older message must not move it back.
-        identity.last_inbound_at = inbound.timestamp
-        identity.save(update_fields=["last_inbound_at"])
+    # The window runs from the platform's timestamp of the latest inbound message: a late
+    # delivery of an older message must not move it back (a conditional UPDATE, not a save).
+    ContactIdentity.objects.filter(pk=identity.pk).filter(
+        Q(last_inbound_at__isnull=True) | Q(last_inbound_at__lt=inbound.timestamp)
+    ).update(last_inbound_at=inbound.timestamp)
     conversation, _created = conversation_for(channel, identity)
-    if conversation.status == "snoozed":
-        conversation.status = "open"
-        conversation.snoozed_until = None
+    conversation = lock(conversation)
     reply_to = None
-    target_id = inbound.reply_to_platform_id or inbound.reaction_to_platform_id
+    target_id = clean(inbound.reply_to_platform_id or inbound.reaction_to_platform_id or "", 255)
     if target_id:
         reply_to = Message.objects.filter(channel=channel, platform_message_id=target_id).first()
     media = inbound.media
+    text = clean(inbound.text)
     message = Message.objects.create(
         conversation=conversation,
         channel=channel,
         direction="in",
         kind=inbound.kind,
-        text=inbound.text,
-        platform_message_id=inbound.platform_message_id,
+        text=text,
+        platform_message_id=message_id,
         platform_timestamp=inbound.timestamp,
         reply_to=reply_to,
-        reply_to_platform_id=target_id or "",
+        reply_to_platform_id=target_id,
         error_code=inbound.error.code if inbound.error else None,
-        error_title=inbound.error.title[:255] if inbound.error else "",
-        error_details=inbound.error.details if inbound.error else "",
-        data={**inbound.data, "forwarded": inbound.forwarded}
-        if inbound.forwarded
-        else inbound.data,
-        media_platform_id=media.platform_media_id if media else "",
-        media_mime=media.mime_type if media else "",
-        media_filename=media.filename if media else "",
+        error_title=clean(inbound.error.title, 255) if inbound.error else "",
+        error_details=clean(inbound.error.details) if inbound.error else "",
+        data={**inbound.data, "forwarded": True} if inbound.forwarded else inbound.data,
+        media_platform_id=clean(media.platform_media_id, 128) if media else "",
+        media_mime=clean(media.mime_type, 128) if media else "",
+        media_filename=clean(media.filename, 255) if media else "",
         media_state="pending" if media else "",
     )
-    conversation.last_message_at = inbound.timestamp
-    conversation.last_message_preview = inbound.text[:PREVIEW_LENGTH]
-    conversation.unread_count += 1
-    conversation.save(
-        update_fields=[
-            "status",
-            "snoozed_until",
-            "last_message_at",
-            "last_message_preview",
-            "unread_count",
-        ]
-    )
+    fields = ["unread_count"]
+    conversation.unread_count = F("unread_count") + 1
+    if conversation.status == "snoozed":
+        conversation.status = "open"
+        conversation.snoozed_until = None
+        fields += ["status", "snoozed_until"]
+    if conversation.last_message_at is None or inbound.timestamp >= conversation.last_message_at:
+        conversation.last_message_at = inbound.timestamp
+        conversation.last_message_preview = text[:PREVIEW_LENGTH]
+        fields += ["last_message_at", "last_message_preview"]
+    conversation.save(update_fields=fields)
     if media:
         enqueue("fetch_media", {"message_id": message.pk})
     audit.record("message.received", conversation=conversation, message=message)
@@ -163,31 +168,42 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
 
 
 def do_apply_template_status(channel: Channel, update: TemplateStatusUpdate) -> bool:
-    template = (
-        Template.objects.filter(channel=channel, name=update.name)
-        .filter(language__iexact=update.language.replace("-", "_"))
-        .first()
-        or Template.objects.filter(channel=channel, platform_id=update.template_id).first()
+    """Templates belong to the business account (WABA): every channel on it follows."""
+    changed = False
+    siblings = Channel.objects.filter(kind=channel.kind, is_active=True)
+    siblings = (
+        siblings.filter(account_handle=channel.account_handle)
+        if channel.account_handle
+        else siblings.filter(pk=channel.pk)
     )
-    if template is None:
-        # Not synced yet: fetch the full definition from the platform.
-        enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")
-        return False
-    if template.status == update.event and template.status_reason == update.reason:
-        return False
-    previous = template.status
-    template.status = update.event
-    template.status_reason = update.reason or ""
-    template.save(update_fields=["status", "status_reason", "synced_at"])
-    audit.record(
-        "template.status",
-        template=template.name,
-        language=template.language,
-        previous=previous,
-        status=update.event,
-        reason=update.reason,
-    )
-    return True
+    for target in siblings:
+        template = (
+            Template.objects.filter(channel=target, name=update.name)
+            .filter(language__iexact=update.language.replace("-", "_"))
+            .first()
+            or Template.objects.filter(channel=target, platform_id=update.template_id).first()
+        )
+        if template is None:
+            # Not synced yet: fetch the full definition from the platform.
+            enqueue("sync_templates", {"channel_id": target.pk}, key=f"sync:{target.pk}")
+            continue
+        if template.status == update.event and template.status_reason == update.reason:
+            continue
+        previous = template.status
+        template.status = update.event
+        template.status_reason = (update.reason or "")[:200]
+        template.save(update_fields=["status", "status_reason", "synced_at"])
+        audit.record(
+            "template.status",
+            channel=target.pk,
+            template=template.name,
+            language=template.language,
+            previous=previous,
+            status=update.event,
+            reason=update.reason,
+        )
+        changed = True
+    return changed
 
 
 def channel_for_event(channel: Channel, business_handle: str) -> Channel | None:
@@ -196,10 +212,16 @@ def channel_for_event(channel: Channel, business_handle: str) -> Channel | None:
     if not business_handle or business_handle == channel.business_handle:
         return channel
     sibling = Channel.objects.filter(
-        kind=channel.kind, business_handle=business_handle, is_active=True
+        kind=channel.kind,
+        business_handle=business_handle,
+        account_handle=channel.account_handle,
+        is_active=True,
     ).first()
-    if sibling is None:
-        log.warning("event for unknown number on channel %s skipped", channel.pk)
+    # Only a number of the same business account and app (same secret) may be named: a body
+    # signed for one app must never write into another app's channel.
+    if sibling is None or sibling.secrets.get("app_secret") != channel.secrets.get("app_secret"):
+        log.warning("event for a number outside channel %s's account skipped", channel.pk)
+        return None
     return sibling
 
 
@@ -224,14 +246,8 @@ def apply_event(channel: Channel, event: InboundEvent, outcome: Outcome) -> None
     elif isinstance(event, TemplateStatusUpdate):
         outcome.templates += int(do_apply_template_status(channel, event))
     elif isinstance(event, PlatformNotice):
-        audit.record(
-            "channel.platform_error",
-            channel=channel.pk,
-            code=event.error.code,
-            title=event.error.title,
-            details=event.error.details,
-        )
         outcome.notices += 1
+        return  # recorded once per body by do_process_raw_event
 
 
 class RetryLater(Exception):
@@ -251,15 +267,37 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
     """
     channel = Channel.objects.get(pk=raw.channel_id)
     outcome = Outcome()
+    failures: list[str] = []
     try:
         with transaction.atomic():
             for event in events:
-                apply_event(channel, event, outcome)
+                try:
+                    # One savepoint per event: an event the database refuses is reported
+                    # without losing the other customers' messages of the same body.
+                    with transaction.atomic():
+                        apply_event(channel, event, outcome)
+                except IntegrityError:
+                    raise
+                except DatabaseError as exc:
+                    failures.append(f"{type(event).__name__}: {exc}")
+                    log.warning("event of raw event %s refused: %s", raw.pk, exc)
+            notices = [e for e in events if isinstance(e, PlatformNotice)]
+            if notices and raw.attempts <= 1:
+                for notice in notices:
+                    audit.record(
+                        "channel.platform_error",
+                        channel=channel.pk,
+                        code=notice.error.code,
+                        title=notice.error.title,
+                        details=notice.error.details,
+                    )
+            if failures:
+                RawEvent.objects.filter(pk=raw.pk).update(error="; ".join(failures)[:2000])
             age = (timezone.now() - raw.received_at).total_seconds()
             retry = bool(outcome.pending_statuses) and age < UNKNOWN_STATUS_PATIENCE_SECONDS
             if not retry:
                 RawEvent.objects.filter(pk=raw.pk).update(
-                    processed_at=timezone.now(), lease_until=None, error=""
+                    processed_at=timezone.now(), lease_until=None, error="; ".join(failures)[:2000]
                 )
     except IntegrityError as exc:
         # Another worker stored the same contact or message at the same moment: try again.

@@ -9,15 +9,16 @@ a closed window (422 ``window_closed``), a first contact without a template (422
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from madoguchi.errors import Forbidden, Invalid, NotFound
+from madoguchi.errors import Conflict, Forbidden, Invalid, NotFound
 from madoguchi.models import (
     STATUS_RANK,
     Channel,
@@ -123,7 +124,7 @@ def check_send_text(
     user: User, conversation: Conversation, text: str, *, reply_to_id: int | None = None
 ) -> Message:
     access.check_can_send(user, conversation)
-    text = text.strip()
+    text = text.replace("\x00", "").strip()
     if not text:
         raise Invalid(_("The message is empty."), code="empty_message")
     limit = provider_class(conversation.channel.kind).capabilities.max_text_length
@@ -138,6 +139,17 @@ def check_send_text(
 
 
 MEDIA_KINDS = {"image", "audio", "video", "document", "sticker"}
+
+
+def check_upload_size(conversation: Conversation, size: int) -> None:
+    """Refuse a file larger than anything the platform accepts before reading it into memory."""
+    largest = provider_class(conversation.channel.kind).media_limit("document", "")
+    if size > largest:
+        raise Invalid(
+            _("The file is larger than the platform accepts (%(limit)d KB).")
+            % {"limit": largest // 1024},
+            code="file_too_large",
+        )
 
 
 def media_kind_for(mime_type: str) -> str:
@@ -205,6 +217,10 @@ def resolve_template(channel: Channel, request: dict[str, Any]) -> tuple[Templat
         raise Invalid(_("This channel has no templates."), code="template_invalid")
     name = str(request.get("name") or "")
     language = str(request.get("language") or "")
+    if "\x00" in json.dumps(request, default=str, ensure_ascii=False):
+        raise Invalid(
+            _("The template values contain an invalid character."), code="template_invalid"
+        )
     template = Template.objects.filter(channel=channel, name=name, language=language).first()
     if template is None:
         raise Invalid(
@@ -232,7 +248,9 @@ def resolve_template(channel: Channel, request: dict[str, Any]) -> tuple[Templat
     normalized = {
         "name": template.name,
         "language": template.language,
-        "parameters": request.get("parameters") or [],
+        "parameters": request.get("parameters")
+        if request.get("parameters") is not None
+        else ({} if template.parameter_format == "NAMED" else []),
         "header": request.get("header"),
         "buttons": request.get("buttons"),
         "named": template.parameter_format == "NAMED",
@@ -266,9 +284,15 @@ def check_send_template(user: User, conversation: Conversation, request: dict[st
 def check_start_conversation(
     user: User, channel: Channel, to: str, *, template: dict[str, Any] | None, text: str = ""
 ) -> Message:
-    """A business-initiated contact: only with an approved template (422 template_required)."""
+    """A business-initiated contact: only with an approved template (422 template_required).
+
+    If the contact already has an open conversation, the usual rules apply to it: the user must
+    be allowed to read it, and may take it only as a claim (it must be unassigned)."""
+    from .conversations import check_claim, publish_conversation
+
     if user.is_watcher:
         raise Forbidden(_("Watchers have read-only access."), code="read_only")
+    access.check_can_use_channel(user, channel)
     provider = provider_class(channel.kind)
     handle = provider.normalize_handle(to)
     if not template:
@@ -277,48 +301,58 @@ def check_start_conversation(
             code="template_required",
         )
     template_obj, normalized = resolve_template(channel, template)
-    with transaction.atomic():
-        identity = (
-            ContactIdentity.objects.select_related("contact", "channel")
-            .filter(channel=channel, handle=handle)
-            .first()
-        )
-        if identity is None:
-            contact = Contact.objects.create(name=handle, owner=user)
-            identity = ContactIdentity.objects.create(
-                contact=contact, channel=channel, handle=handle
+    preview = provider.template_text(template_graph(template_obj), normalized)
+    try:
+        with transaction.atomic():
+            identity = (
+                ContactIdentity.objects.select_related("contact")
+                .filter(channel=channel, handle=handle)
+                .first()
             )
-        conversation = (
-            Conversation.objects.filter(identity=identity).exclude(status="resolved").first()
-        )
-        if conversation is None:
-            conversation = Conversation.objects.create(
-                channel=channel,
-                contact=identity.contact,
-                identity=identity,
-                assignee=user,
-                team=channel.team,
-                last_message_at=timezone.now(),
+            if identity is None:
+                contact = Contact.objects.create(name=handle, owner=user)
+                identity = ContactIdentity.objects.create(
+                    contact=contact, channel=channel, handle=handle
+                )
+            existing = (
+                Conversation.objects.filter(identity=identity)
+                .exclude(status="resolved")
+                .values_list("pk", flat=True)
+                .first()
             )
-            audit.record("conversation.started", actor=user, conversation=conversation, to=handle)
-        elif conversation.assignee_id is None:
-            conversation.assignee = user
-            conversation.save(update_fields=["assignee"])
-            audit.record("conversation.claimed", actor=user, conversation=conversation)
-        access.check_can_send(user, conversation)
-        text_preview = provider.template_text(template_graph(template_obj), normalized)
-        return queue_message(
-            user,
-            conversation,
-            kind="template",
-            text=text_preview,
-            data={"template": normalized},
-        )
+            if existing is None:
+                conversation = Conversation.objects.create(
+                    channel=channel,
+                    contact=identity.contact,
+                    identity=identity,
+                    assignee=user,
+                    team=channel.team,
+                    last_message_at=timezone.now(),
+                )
+                audit.record(
+                    "conversation.started", actor=user, conversation=conversation, to=handle
+                )
+                publish_conversation(lock(conversation))
+            else:
+                from madoguchi.queries.conversations import access_conversation
+
+                conversation = access_conversation(user, existing)  # NotFound if not readable
+                if conversation.assignee_id != user.pk:
+                    conversation = check_claim(user, conversation)
+            return queue_message(
+                user, conversation, kind="template", text=preview, data={"template": normalized}
+            )
+    except IntegrityError:
+        # The customer wrote (or a colleague started) at this very moment: nothing was saved.
+        raise Conflict(
+            _("This conversation changed at the same moment. Please try again."),
+            code="conflict",
+        ) from None
 
 
 def check_add_note(user: User, conversation: Conversation, text: str) -> Message:
     access.check_can_write_note(user, conversation)
-    text = text.strip()
+    text = text.replace("\x00", "").strip()
     if not text:
         raise Invalid(_("The note is empty."), code="empty_message")
     with transaction.atomic():
@@ -337,15 +371,41 @@ def check_add_note(user: User, conversation: Conversation, text: str) -> Message
 
 
 def load_for_update(message_id: int) -> Message:
+    """The message under a row lock (taken without joins, then re-read with its relations)."""
     try:
-        return (
-            Message.objects.select_for_update(of=("self",))
-            .select_related("conversation", "conversation__channel", "conversation__identity")
-            .select_related("author", "conversation__assignee", "conversation__contact")
-            .get(pk=message_id)
-        )
+        Message.objects.select_for_update().only("pk").get(pk=message_id)
     except Message.DoesNotExist:
         raise NotFound(_("No such message.")) from None
+    return Message.objects.select_related(
+        "author",
+        "conversation__channel",
+        "conversation__identity",
+        "conversation__assignee",
+        "conversation__contact",
+    ).get(pk=message_id)
+
+
+def advance_status(message: Message, status: str, error: PlatformError | None = None) -> bool:
+    """Move the delivery status forward only (queued < sent < delivered < read; "failed" once,
+    from anything but read). Sets the error with its reason. Returns whether it changed."""
+    if message.status == "failed" or message.status == status:
+        return False
+    if status == "failed":
+        if message.status == "read":
+            return False  # read by the customer: a late failure report cannot be right
+        error = error or PlatformError(code=-1, title="Failed")
+        message.error_code = error.code
+        message.error_title = error.title[:255]
+        message.error_details = error.details
+        reason = provider_class(message.conversation.channel.kind).explain_error(error)
+        message.data = {**message.data, "error_reason": reason}
+    elif STATUS_RANK.get(status, -1) <= STATUS_RANK.get(message.status, -1):
+        return False
+    message.status = status
+    return True
+
+
+STATUS_FIELDS = ["status", "error_code", "error_title", "error_details", "data"]
 
 
 def do_record_sent(message_id: int, sent: SentMessage) -> Message:
@@ -353,11 +413,8 @@ def do_record_sent(message_id: int, sent: SentMessage) -> Message:
     with transaction.atomic():
         message = load_for_update(message_id)
         message.platform_message_id = sent.platform_message_id
-        fields = ["platform_message_id"]
-        if STATUS_RANK.get(message.status, -1) < STATUS_RANK["sent"] and message.status != "failed":
-            message.status = "sent"
-            fields.append("status")
-        message.save(update_fields=fields)
+        advance_status(message, "sent")
+        message.save(update_fields=["platform_message_id", *STATUS_FIELDS])
         audit.record(
             "message.sent",
             conversation=message.conversation,
@@ -368,24 +425,20 @@ def do_record_sent(message_id: int, sent: SentMessage) -> Message:
     return message
 
 
-def do_record_failure(message_id: int, error: PlatformError, reason: str) -> Message:
+def do_record_failure(message_id: int, error: PlatformError) -> Message:
     """The platform refused the message for good: failed, with the reason the agent will read."""
     with transaction.atomic():
         message = load_for_update(message_id)
-        message.status = "failed"
-        message.error_code = error.code
-        message.error_title = error.title[:255]
-        message.error_details = error.details
-        message.data = {**message.data, "error_reason": reason}
-        message.save(update_fields=["status", "error_code", "error_title", "error_details", "data"])
-        audit.record(
-            "message.failed",
-            conversation=message.conversation,
-            message=message,
-            code=error.code,
-            title=error.title,
-        )
-        publish_message(message, message.conversation, op="update")
+        if advance_status(message, "failed", error):
+            message.save(update_fields=STATUS_FIELDS)
+            audit.record(
+                "message.failed",
+                conversation=message.conversation,
+                message=message,
+                code=error.code,
+                title=error.title,
+            )
+            publish_message(message, message.conversation, op="update")
     return message
 
 
@@ -393,33 +446,17 @@ def do_apply_status(channel: Channel, update: StatusUpdate) -> bool | None:
     """Apply a delivery receipt monotonically. True: changed; False: nothing new (a duplicate or
     a late ``delivered`` after ``read``); None: no such message (yet)."""
     with transaction.atomic():
-        message = (
-            Message.objects.select_for_update(of=("self",))
-            .select_related("conversation", "conversation__channel", "author")
-            .filter(channel=channel, platform_message_id=update.platform_message_id)
+        found = (
+            Message.objects.filter(channel=channel, platform_message_id=update.platform_message_id)
+            .values_list("pk", flat=True)
             .first()
         )
-        if message is None:
+        if found is None:
             return None
-        if update.status == "failed":
-            if message.status == "failed":
-                return False
-            error = update.error or PlatformError(code=-1, title="Failed")
-            reason = provider_class(channel.kind).explain_error(error)
-            message.status = "failed"
-            message.error_code = error.code
-            message.error_title = error.title[:255]
-            message.error_details = error.details
-            message.data = {**message.data, "error_reason": reason}
-            fields = ["status", "error_code", "error_title", "error_details", "data"]
-        else:
-            if message.status == "failed":
-                return False
-            if STATUS_RANK.get(update.status, -1) <= STATUS_RANK.get(message.status, -1):
-                return False
-            message.status = update.status
-            fields = ["status"]
-        message.save(update_fields=fields)
+        message = load_for_update(found)
+        if not advance_status(message, update.status, update.error):
+            return False
+        message.save(update_fields=STATUS_FIELDS)
         audit.record(
             f"message.{update.status}",
             conversation=message.conversation,

@@ -239,8 +239,9 @@ class Provider:
         """Every event of a verified webhook body, as plain dataclasses. Pure."""
         raise NotImplementedError
 
-    def fetch_media(self, media: MediaRef, destination: str) -> StoredMedia:
-        """Download inbound media into MEDIA_ROOT/destination; MediaTooLarge past the limit."""
+    def fetch_media(self, media: MediaRef, destination: str, *, kind: str = "") -> StoredMedia:
+        """Download inbound media into MEDIA_ROOT/destination; MediaTooLarge past the limit of
+        its ``kind`` (image, sticker, ...)."""
         raise NotImplementedError
 
     # -- outbound ------------------------------------------------------------------------

@@ -119,13 +119,13 @@ class WhatsAppProvider(Provider):
     def parse_webhook(self, body: bytes) -> list[InboundEvent]:
         return wire.parse_webhook(body)
 
-    def fetch_media(self, media: MediaRef, destination: str) -> StoredMedia:
+    def fetch_media(self, media: MediaRef, destination: str, *, kind: str = "") -> StoredMedia:
         info = self.call("GET", self.graph_url(media.platform_media_id))
         url = str(info.get("url", ""))
         self.check_media_host(url)
         mime = str(info.get("mime_type") or media.mime_type or "application/octet-stream")
-        limit = media_limit("", mime)
-        declared = int(info.get("file_size") or 0)
+        limit = media_limit(kind, mime)
+        declared = int(info["file_size"]) if str(info.get("file_size", "")).isdigit() else 0
         if declared > limit:
             raise MediaTooLarge(f"{declared} bytes > {limit}")
         target = Path(settings.MEDIA_ROOT) / destination

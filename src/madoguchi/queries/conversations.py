@@ -20,8 +20,17 @@ def conversations_for(user: User) -> QuerySet[Conversation]:
     )
 
 
+MAX_ID = 2**63 - 1
+
+
+def valid_id(value: int | None) -> bool:
+    return value is not None and 0 < value <= MAX_ID
+
+
 def access_conversation(user: User, conversation_id: int) -> Conversation:
     """The conversation if ``user`` may read it; NotFound otherwise (no existence leak)."""
+    if not valid_id(conversation_id):
+        raise NotFound(_("No such conversation."))
     conversation = conversations_for(user).filter(pk=conversation_id).first()
     if conversation is None:
         raise NotFound(_("No such conversation."))
@@ -67,11 +76,14 @@ def list_conversations(
     elif assignee == "none":
         qs = qs.filter(assignee__isnull=True)
     elif assignee:
-        if not str(assignee).isdigit():
+        if not (str(assignee).isascii() and str(assignee).isdigit() and len(str(assignee)) < 19):
             raise Invalid(_("assignee must be me, none or a user id."), code="invalid_assignee")
         qs = qs.filter(assignee_id=int(assignee))
     if status != "all":
         qs = qs.filter(status=status)
+    for value in (channel_id, team_id):
+        if value is not None and not valid_id(value):
+            raise Invalid(_("The id is not valid."), code="invalid_request")
     if channel_id is not None:
         qs = qs.filter(channel_id=channel_id)
     if team_id is not None:
@@ -96,11 +108,12 @@ def history(
     user: User, conversation: Conversation, *, before_id: int | None = None, limit: int = 50
 ) -> list[Message]:
     """The latest messages with the contact on this channel (every conversation), oldest first."""
-    qs = Message.objects.filter(conversation__identity_id=conversation.identity_id).select_related(
-        "author"
-    )
+    qs = Message.objects.filter(
+        conversation__identity_id=conversation.identity_id,
+        conversation__in=Conversation.objects.filter(readable_conversations_q(user)),
+    ).select_related("author")
     if before_id is not None:
-        qs = qs.filter(pk__lt=before_id)
+        qs = qs.filter(pk__lt=min(before_id, MAX_ID))
     latest = list(qs.order_by("-id")[:limit])
     latest.reverse()
     return latest
@@ -118,11 +131,13 @@ TIMELINE_ACTIONS = (
 )
 
 
-def assignment_history(conversation: Conversation) -> list[AuditEvent]:
-    """Who took, gave or closed this conversation, oldest first."""
+def assignment_history(user: User, conversation: Conversation) -> list[AuditEvent]:
+    """Who took, gave or closed the contact's conversations ``user`` may read, oldest first."""
     return list(
         AuditEvent.objects.filter(
-            conversation__identity_id=conversation.identity_id, action__in=TIMELINE_ACTIONS
+            conversation__identity_id=conversation.identity_id,
+            conversation__in=Conversation.objects.filter(readable_conversations_q(user)),
+            action__in=TIMELINE_ACTIONS,
         )
         .select_related("actor")
         .order_by("id")

@@ -27,20 +27,13 @@ def readable_conversations_q(user: User) -> Q:
     )
 
 
-def can_read(user: User, conversation: Conversation, team_ids: set[int] | None = None) -> bool:
-    """Whether ``user`` may read ``conversation`` (same rule as readable_conversations_q)."""
-    if not user.is_active:
-        return False
-    if user.is_supervisor_or_admin or conversation.assignee_id == user.pk:
-        return True
-    channel: Channel = conversation.channel
-    if channel.visibility == Visibility.ALL:
-        return True
-    if channel.visibility == Visibility.TEAM:
-        if team_ids is None:
-            team_ids = set(user.teams.values_list("id", flat=True))
-        return channel.team_id in team_ids or conversation.team_id in team_ids
-    return False
+def check_can_use_channel(user: User, channel: Channel) -> None:
+    """Starting conversations or listing templates on a channel: what the user could read."""
+    if user.is_supervisor_or_admin or channel.visibility != Visibility.TEAM:
+        return  # on an assigned_only channel, what an agent starts is theirs to read
+    if channel.team_id is not None and user.teams.filter(pk=channel.team_id).exists():
+        return
+    raise Forbidden(_("You do not have access to this channel."), code="forbidden")
 
 
 def check_can_send(user: User, conversation: Conversation) -> None:
@@ -107,7 +100,7 @@ def check_assignable(user: User) -> None:
     """Conversations go only to active people who can reply."""
     if not user.is_active or user.is_watcher:
         raise Forbidden(
-            _("Conversations can only be assigned to active agents."), code="invalid_assignee"
+            _("Conversations can only be assigned to active staff who can reply."), code="invalid_assignee"
         )
 
 

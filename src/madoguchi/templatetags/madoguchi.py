@@ -48,7 +48,7 @@ def full_time(value: object) -> str:
 
 @register.filter
 def window_left(window: dict | None) -> str:
-    """ "5h 20m left" for an open window, "Closed" otherwise."""
+    """ "5h 20m left" for an open window, "Window closed" otherwise."""
     if not window or not window.get("open"):
         return _("Window closed")
     expires = parse(window.get("expires_at"))

@@ -8,8 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils.translation import gettext as _
 from ninja import File, Form, NinjaAPI, Schema, Status, UploadedFile
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -22,9 +21,9 @@ from madoguchi.actions.jobs import enqueue
 from madoguchi.errors import Invalid, MadoguchiError, NotFound
 from madoguchi.models import Channel, Template, User
 from madoguchi.queries import conversations as queries
-from madoguchi.queries.conversations import access_conversation, history
+from madoguchi.queries.conversations import access_conversation, history, valid_id
 from madoguchi.queries.serialize import conversation_json, message_json, user_json
-from madoguchi.rules.access import check_is_admin
+from madoguchi.rules.access import check_can_use_channel, check_is_admin
 
 from .auth import user_for_token
 
@@ -153,7 +152,11 @@ def list_conversations(
 @api.post("/conversations", response={202: dict})
 def start_conversation(request: HttpRequest, payload: StartRequest):
     user = current_user(request)
-    channel = Channel.objects.filter(pk=payload.channel, is_active=True).first()
+    channel = (
+        Channel.objects.filter(pk=payload.channel, is_active=True).first()
+        if valid_id(payload.channel)
+        else None
+    )
     if channel is None:
         raise NotFound(_("No such channel."))
     template = payload.template.dict() if payload.template else None
@@ -211,6 +214,7 @@ def send_attachment(
 ):
     user = current_user(request)
     conversation = access_conversation(user, conversation_id)
+    outbound.check_upload_size(conversation, file.size or 0)
     message = outbound.check_send_media(
         user,
         conversation,
@@ -243,7 +247,9 @@ def assign(request: HttpRequest, conversation_id: int, payload: AssignRequest):
     conversation = access_conversation(user, conversation_id)
     assignee = None
     if payload.assignee is not None:
-        assignee = User.objects.filter(pk=payload.assignee).first()
+        assignee = (
+            User.objects.filter(pk=payload.assignee).first() if valid_id(payload.assignee) else None
+        )
         if assignee is None:
             raise Invalid(_("No such user."), code="invalid_assignee")
     updated = conversation_actions.check_assign(user, conversation, assignee, note=payload.note)
@@ -272,7 +278,10 @@ def mark_seen(request: HttpRequest, conversation_id: int):
 
 @api.get("/templates")
 def list_templates(request: HttpRequest, channel: int):
-    get_object_or_404(Channel, pk=channel)
+    found = Channel.objects.filter(pk=channel).first() if valid_id(channel) else None
+    if found is None:
+        raise NotFound(_("No such channel."))
+    check_can_use_channel(current_user(request), found)
     items = Template.objects.filter(channel_id=channel).order_by("name", "language")
     return {
         "items": [
@@ -296,7 +305,9 @@ def sync_templates(request: HttpRequest, channel_id: int):
     user = current_user(request)
     if not user.is_supervisor_or_admin:
         check_is_admin(user)
-    channel = get_object_or_404(Channel, pk=channel_id)
+    channel = Channel.objects.filter(pk=channel_id).first() if valid_id(channel_id) else None
+    if channel is None:
+        raise NotFound(_("No such channel."))
     enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")
     return Status(202, {"queued": True})
 
@@ -327,3 +338,25 @@ def list_users(request: HttpRequest):
 @api.get("/me")
 def me(request: HttpRequest):
     return user_json(current_user(request))
+
+
+class ApiErrorShape:
+    """Middleware: answers under /api/ that did not come from the API (an unknown path, a wrong
+    method) still use the API's error shape."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if not request.path.startswith("/api/") or response.status_code < 400:
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(response.status_code, "error")
+        body = {"error": {"code": code, "message": code.replace("_", " ").capitalize() + "."}}
+        shaped = JsonResponse(body, status=response.status_code)
+        if response.has_header("Allow"):
+            shaped["Allow"] = response["Allow"]
+        return shaped

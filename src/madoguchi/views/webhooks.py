@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -29,7 +30,10 @@ from madoguchi.realtime import wakeup
 log = logging.getLogger(__name__)
 
 CHANNEL_CACHE_SECONDS = 5.0
-_channels: dict[int, tuple[float, Provider | None]] = {}
+CHANNEL_CACHE_SIZE = 1024
+# (kind, channel id) -> (loaded at, provider or None). Keyed by kind too: a request naming the
+# wrong kind must not make genuine deliveries for the right one fail.
+_channels: OrderedDict[tuple[str, int], tuple[float, Provider | None]] = OrderedDict()
 
 
 def load_provider(channel_id: int, kind: str) -> Provider | None:
@@ -60,17 +64,20 @@ def release_connection() -> None:
 
 async def cached_provider(channel_id: int, kind: str) -> Provider | None:
     now = time.monotonic()
-    cached = _channels.get(channel_id)
+    key = (kind, channel_id)
+    cached = _channels.get(key)
     if cached is not None and now - cached[0] < CHANNEL_CACHE_SECONDS:
-        provider = cached[1]
-        return provider if provider is None or provider.kind == kind else None
+        return cached[1]
     provider = await sync_to_async(load_provider)(channel_id, kind)
-    _channels[channel_id] = (now, provider)
+    _channels[key] = (now, provider)
+    _channels.move_to_end(key)
+    while len(_channels) > CHANNEL_CACHE_SIZE:
+        _channels.popitem(last=False)
     return provider
 
 
-def forget_channel(channel_id: int) -> None:
-    _channels.pop(channel_id, None)
+def is_id(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) < 19
 
 
 async def respond(
@@ -116,7 +123,7 @@ async def read_body(receive: Any, limit: int) -> bytes:
 
 async def webhook_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     parts = scope["path"].strip("/").split("/")
-    if len(parts) != 3 or parts[0] != "webhooks" or not parts[2].isdigit():
+    if len(parts) != 3 or parts[0] != "webhooks" or not is_id(parts[2]):
         await error(send, 404, "not_found", "No such webhook.")
         return
     kind, channel_id = parts[1], int(parts[2])
@@ -146,7 +153,7 @@ async def webhook_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     limit = settings.WEBHOOK_MAX_BYTES
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         await error(send, 413, "payload_too_large", f"Webhook bodies are limited to {limit} bytes.")
         return
     try:
@@ -172,5 +179,9 @@ async def webhook_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         log.warning("webhook for channel %s not stored: database unavailable", channel_id)
         await error(send, 503, "unavailable", "The database is unavailable; retry later.")
         return
-    wakeup.notify()
+    if settings.REDIS_URL:
+        # Publishing to Redis is a network call: never on the event loop.
+        await sync_to_async(wakeup.notify, thread_sensitive=False)()
+    else:
+        wakeup.local_event.set()
     await respond(send, 200, b'{"ok":true}')

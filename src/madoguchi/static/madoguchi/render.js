@@ -59,20 +59,22 @@ export function conversationRow(c, currentId) {
     el("span", { class: "channel", text: c.channel.name }),
     el("span", { class: "assignee", text: c.assignee ? c.assignee.name : gettext("Unassigned") }),
     el("span", { class: `window ${w.open ? "open" : "closed"}`, dataset: { expires: c.window.expires_at || "" }, text: w.text }),
-    c.unread_count ? el("span", { class: "badge", "aria-label": gettext("unread"), text: String(c.unread_count) }) : null,
   );
   const link = el("a", { href: `/c/${c.id}` },
     el("span", { class: "avatar", "aria-hidden": "true", text: initials(c.contact.name) }),
     el("span", { class: "row-main" },
       el("span", { class: "row-top" },
-        el("strong", { class: "name", text: c.contact.name }),
+        el("strong", { class: "name", dir: "auto", text: c.contact.name }),
         el("time", { datetime: c.last_message_at || "", text: when(c.last_message_at) })),
-      el("span", { class: "preview", text: c.last_message_preview }),
+      el("span", { class: "row-mid" },
+        el("span", { class: "preview", dir: "auto", text: c.last_message_preview }),
+        c.unread_count ? el("span", { class: "badge", "aria-label": gettext("unread"), text: String(c.unread_count) }) : null),
       meta));
   const classes = ["row"];
   if (c.unread_count) classes.push("unread");
   if (c.id === currentId) classes.push("current");
-  return el("li", { class: classes.join(" "), dataset: { id: String(c.id), at: c.last_message_at || "" } }, link);
+  const dataset = { id: String(c.id), at: c.last_message_at || "", assignee: c.assignee ? String(c.assignee.id) : "", status: c.status };
+  return el("li", { class: classes.join(" "), dataset }, link);
 }
 
 const TICKS = { queued: "🕓", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "⚠" };
@@ -87,7 +89,7 @@ export function message(m, quoteText) {
   } else if (m.direction === "out" && m.author) {
     item.append(el("span", { class: "author", text: m.author.name }));
   }
-  if (quoteText) item.append(el("blockquote", { class: "quote", text: quoteText }));
+  if (quoteText) item.append(el("blockquote", { class: "quote", dir: "auto", text: quoteText }));
   const media = m.media;
   if (media && media.url) {
     if (m.kind === "image" || m.kind === "sticker") {
@@ -114,7 +116,7 @@ export function message(m, quoteText) {
       text: `📍 ${m.text}`,
     }));
   } else if (!(MEDIA_KINDS.has(m.kind) && m.text.startsWith("[") && !(m.data && m.data.caption))) {
-    item.append(el("p", { class: "text", text: m.text }));
+    item.append(el("p", { class: "text", dir: "auto", text: m.text }));
   }
   const meta = el("span", { class: "meta" }, el("time", { datetime: m.created_at, text: when(m.created_at) }));
   if (m.direction === "out" && m.kind !== "note" && m.status) {

@@ -136,6 +136,7 @@ def send_attachment(request: HttpRequest, conversation_id: int) -> dict[str, Any
     upload = request.FILES.get("file")
     if upload is None:
         raise Invalid(_("Choose a file to send."), code="empty_file")
+    outbound.check_upload_size(conversation, upload.size or 0)
     message = outbound.check_send_media(
         request.user,
         conversation,

@@ -24,6 +24,10 @@ from madoguchi.queries.serialize import conversation_json, message_json, user_js
 VIEWS = {"mine": "me", "unassigned": "none", "all": None}
 
 
+def is_id(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) < 19
+
+
 def list_context(request: HttpRequest) -> dict[str, Any]:
     """The conversation list of the current view (Mine, Unassigned, All; channel; team)."""
     user: User = request.user  # type: ignore[assignment]
@@ -39,8 +43,8 @@ def list_context(request: HttpRequest) -> dict[str, Any]:
         user,
         assignee=VIEWS[view],
         status=status,
-        channel_id=int(channel_id) if channel_id.isdigit() else None,
-        team_id=int(team_id) if team_id.isdigit() else None,
+        channel_id=int(channel_id) if is_id(channel_id) else None,
+        team_id=int(team_id) if is_id(team_id) else None,
         cursor=request.GET.get("cursor") or None,
         limit=50,
     )
@@ -113,7 +117,7 @@ def thread_context(user: User, conversation: Conversation) -> dict[str, Any]:
             "note": event.data.get("note", ""),
             "created_at": event.created_at,
         }
-        for event in queries.assignment_history(conversation)
+        for event in queries.assignment_history(user, conversation)
     ]
     names = dict(
         User.objects.filter(pk__in=[h["assignee"] for h in history if h["assignee"]]).values_list(
