@@ -100,7 +100,8 @@ def check_assignable(user: User) -> None:
     """Conversations go only to active people who can reply."""
     if not user.is_active or user.is_watcher:
         raise Forbidden(
-            _("Conversations can only be assigned to active staff who can reply."), code="invalid_assignee"
+            _("Conversations can only be assigned to active staff who can reply."),
+            code="invalid_assignee",
         )
 
 
