@@ -14,7 +14,7 @@ LOCALE = Path(__file__).resolve().parents[1] / "src" / "madoguchi" / "locale" / 
 def entries(po: Path) -> list[tuple[str, str, bool]]:
     """(msgid, msgstr, fuzzy) of every entry but the header; continuation lines joined."""
     found, msgid, msgstr, fuzzy, field = [], None, None, False, None
-    for line in po.read_text().splitlines() + [""]:
+    for line in [*po.read_text().splitlines(), ""]:
         if line.startswith("#,") and "fuzzy" in line:
             fuzzy = True
         elif line.startswith("msgid "):
