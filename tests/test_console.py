@@ -72,3 +72,79 @@ def test_the_openapi_document_describes_the_api(server):
         "/api/v1/channels/{channel_id}/templates/sync",
     ]:
         assert path in document["paths"], path
+
+
+def test_a_user_chooses_language_and_time_zone(users):
+    client = Client()
+    login(client, "aiko")
+    response = client.post(
+        "/settings/save",
+        {"language": "ja", "time_zone": "Asia/Tokyo", "notify_sound": "on"},
+    )
+    assert response.status_code == 302
+    users["aiko"].refresh_from_db()
+    assert (users["aiko"].language, users["aiko"].time_zone) == ("ja", "Asia/Tokyo")
+    assert users["aiko"].notify_sound and not users["aiko"].notify_desktop
+    page = client.get("/").content.decode()
+    assert "自分の担当" in page and 'data-tz="Asia/Tokyo"' in page
+
+
+def test_an_unknown_time_zone_is_refused_with_a_message(users):
+    client = Client()
+    login(client, "aiko")
+    client.post("/settings/save", {"language": "en", "time_zone": "Mars/Olympus"})
+    users["aiko"].refresh_from_db()
+    assert users["aiko"].time_zone == ""
+
+
+def test_the_browser_language_is_the_default(users):
+    client = Client(HTTP_ACCEPT_LANGUAGE="ja,en;q=0.5")
+    page = client.get("/login/").content.decode()
+    assert "ログイン" in page
+
+
+def test_a_password_can_be_changed(users):
+    client = Client()
+    login(client, "aiko")
+    response = client.post(
+        "/password/",
+        {
+            "old_password": "a-long-test-password-1",
+            "new_password1": "another-long-password-2",
+            "new_password2": "another-long-password-2",
+        },
+    )
+    assert response.status_code == 302
+    users["aiko"].refresh_from_db()
+    assert users["aiko"].check_password("another-long-password-2")
+
+
+def test_only_supervisors_manage_canned_replies(users):
+    from madoguchi.models import CannedReply
+
+    agent = Client()
+    login(agent, "aiko")
+    agent.post("/settings/canned", {"shortcut": "hi", "text": "Hello!"})
+    assert not CannedReply.objects.exists()
+    supervisor = Client()
+    login(supervisor, "sora")
+    supervisor.post("/settings/canned", {"shortcut": "/hi", "text": "Hello!"})
+    assert CannedReply.objects.get().shortcut == "hi"
+
+
+def test_console_refusals_come_back_as_json_for_the_page_script(customer_writes, users):
+    conversation = customer_writes()
+    client = Client()
+    login(client, "ben")
+    response = client.post(
+        f"/c/{conversation.pk}/send", {"text": "hi"}, HTTP_ACCEPT="application/json"
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "not_assignee"
+
+
+def test_the_service_worker_is_served_at_the_root(db):
+    response = Client().get("/sw.js")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/javascript")
+    assert Client().get("/offline/").status_code == 200

@@ -49,6 +49,21 @@ def seed_users() -> None:
             )
 
 
+CANNED = [
+    ("thanks", "Thank you for contacting us! I'll look into this right away."),
+    ("order", "Could you send me your order number, please?"),
+    ("arigato", "お問い合わせありがとうございます。確認いたしますので、少々お待ちください。"),
+    ("bye", "Glad I could help. Have a great day!"),
+]
+
+
+def seed_canned_replies() -> None:
+    from madoguchi.models import CannedReply
+
+    for shortcut, text in CANNED:
+        CannedReply.objects.get_or_create(shortcut=shortcut, defaults={"text": text})
+
+
 def demo_channel(api_base: str) -> Any:
     from madoguchi.actions.channels import do_create_channel
     from madoguchi.models import Channel
@@ -102,6 +117,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
     os.environ["MADOGUCHI_INPROCESS_WORKER"] = "1"
     call_command("migrate", interactive=False, verbosity=0)
     seed_users()
+    seed_canned_replies()
 
     sim = WhatsAppSimulator(status_delays=(0.4, 1.0, 3.0), auto_read=True)
     running = sim.serve_in_thread()

@@ -155,3 +155,98 @@ def test_customer_html_is_shown_as_text(agent, sim):
         "<script>window.__pwned = 3</script>live", timeout=LIVE
     )
     assert aiko.page.evaluate("window.__pwned") is None
+
+
+@pytest.fixture
+def aikos_conversation(sim, users):
+    from madoguchi.actions.conversations import check_claim
+
+    sim.customer_sends(CUSTOMER, "Yuki Tanaka", "Hi, a question about my order")
+    return check_claim(users["aiko"], conversation_of())
+
+
+def test_canned_replies_attachments_and_notes(agent, sim, aikos_conversation):
+    from madoguchi.models import CannedReply
+    from madoguchi.simulators.whatsapp import tiny_png
+
+    CannedReply.objects.create(shortcut="order", text="Could you send me your order number?")
+    aiko = agent("aiko")
+    aiko.open_conversation(aikos_conversation.pk)
+    page = aiko.page
+    reply = page.locator(".pane[data-pane=reply] textarea")
+    reply.click()
+    reply.type("/ord")
+    expect(page.locator(".canned-list")).to_contain_text("/order")
+    reply.press("Enter")
+    expect(reply).to_have_value("Could you send me your order number?")
+    reply.press("Control+Enter")
+    expect(page.locator("#timeline")).to_contain_text(
+        "Could you send me your order number?", timeout=LIVE
+    )
+
+    page.set_input_files(
+        "input[type=file][data-attach]",
+        files=[{"name": "label.png", "mimeType": "image/png", "buffer": tiny_png()}],
+    )
+    expect(page.locator("#timeline .msg.out img.media")).to_have_count(1, timeout=LIVE)
+    wait_for(lambda: any(s.body["type"] == "image" for s in sim.sent_to(CUSTOMER)))
+
+    page.locator("[data-tab=note]").click()
+    page.fill(".pane[data-pane=note] textarea", "VIP customer, be quick")
+    page.locator(".pane[data-pane=note] button[type=submit]").click()
+    expect(page.locator("#timeline .msg.kind-note")).to_contain_text(
+        "VIP customer, be quick", timeout=LIVE
+    )
+    assert all("VIP" not in str(s.body) for s in sim.sent_to(CUSTOMER))  # notes never leave
+
+
+def test_a_new_conversation_starts_with_a_template(agent, sim):
+    from madoguchi.actions.channels import do_sync_templates
+    from madoguchi.providers.registry import provider_for
+
+    do_sync_templates(sim.channel, provider_for(sim.channel).list_templates())
+    ben = agent("ben")
+    page = ben.page
+    page.goto("/new/")
+    page.fill("[data-to]", "+44 7911 123456")
+    page.locator("[data-template-select]").select_option(label="order_update · en_US · utility")
+    form = page.locator(".template-form:visible")
+    form.locator("input[data-key='1']").fill("Sam")
+    form.locator("input[data-key='2']").fill("#77")
+    ben.screenshot("desktop-en-new-conversation")
+    form.locator("button[type=submit]").click()
+    page.wait_for_url("**/c/*")
+    expect(page.locator(".thread-head")).to_contain_text("+447911123456")
+    wait_for(lambda: sim.sent_to("447911123456"))
+    assert sim.sent_to("447911123456")[0].body["template"]["name"] == "order_update"
+
+
+def test_the_page_catches_up_after_the_connection_drops(agent, sim):
+    sim.customer_sends(CUSTOMER, "Yuki Tanaka", "first message")
+    aiko = agent("aiko")
+    aiko.open_inbox("all")
+    expect(aiko.page.locator("#conversation-list")).to_contain_text("first message")
+    aiko.context.set_offline(True)  # new connections fail until we are back online
+    aiko.page.evaluate("window.madoguchiLive.drop()")
+    expect(aiko.page.locator("#live-state.off")).to_have_count(1, timeout=LIVE)
+    sim.customer_sends("4915112345678", "Lena Becker", "written while you were away")
+    aiko.context.set_offline(False)
+    expect(aiko.page.locator("#live-state.on")).to_have_count(1, timeout=15000)
+    expect(aiko.page.locator("#conversation-list")).to_contain_text(
+        "written while you were away", timeout=LIVE
+    )
+
+
+def test_keyboard_shortcuts_move_through_the_list(agent, sim):
+    sim.customer_sends(CUSTOMER, "Yuki Tanaka", "one")
+    sim.customer_sends("4915112345678", "Lena Becker", "two")
+    aiko = agent("aiko")
+    aiko.open_inbox("all")
+    page = aiko.page
+    page.keyboard.press("j")
+    expect(page.locator("#thread h1")).to_have_count(1, timeout=LIVE)
+    first = page.locator("#thread h1").inner_text()
+    page.keyboard.press("j")
+    expect(page.locator("#thread h1")).not_to_have_text(first, timeout=LIVE)
+    page.keyboard.press("?")
+    expect(page.locator("#shortcuts")).to_be_visible()

@@ -104,6 +104,15 @@ def list_conversations(
     return Page(items=rows, next_cursor=encode_cursor(rows[-1]) if more else None)
 
 
+def inbox_counts(user: User) -> dict[str, int]:
+    """Open conversations of the user, and open unassigned ones they may read."""
+    readable = conversations_for(user).filter(status="open")
+    return {
+        "mine": readable.filter(assignee_id=user.pk).count(),
+        "unassigned": readable.filter(assignee__isnull=True).count(),
+    }
+
+
 def history(
     user: User, conversation: Conversation, *, before_id: int | None = None, limit: int = 50
 ) -> list[Message]:

@@ -106,6 +106,24 @@ function upsertRow(c) {
   ul.insertBefore(row, after || null);
 }
 
+let countsTimer = null;
+function refreshCounts() {
+  // Coalesced: a burst of events costs one small request, not one per event.
+  if (countsTimer) return;
+  countsTimer = setTimeout(async () => {
+    countsTimer = null;
+    try {
+      const response = await fetch("/fragments/counts", { credentials: "same-origin" });
+      if (!response.ok) return;
+      const counts = await response.json();
+      for (const [name, value] of Object.entries(counts)) {
+        const node = document.querySelector(`[data-count="${name}"]`);
+        if (node) node.textContent = String(value);
+      }
+    } catch { /* the next event or the resync will try again */ }
+  }, 1500);
+}
+
 // -- the thread --------------------------------------------------------------------------
 function enhanceThread() {
   const t = thread();
@@ -166,6 +184,7 @@ function afterAction(form, result) {
   // Claims, hand-overs and status changes change what the composer may do: re-render it.
   if (result.conversation) {
     upsertRow(result.conversation);
+    refreshCounts();
     if (result.conversation.id === openId()) loadThread(openId());
   }
   if (result.message) appendMessage(result.message);
@@ -195,6 +214,7 @@ function onEvent(event) {
   } else if (event.type === "conversation" && event.op === "upsert") {
     const c = event.conversation;
     upsertRow(c);
+    refreshCounts();
     const t = thread();
     if (t && c.id === openId()) {
       const assignee = c.assignee ? String(c.assignee.id) : "";
@@ -205,6 +225,7 @@ function onEvent(event) {
     }
   } else if (event.type === "conversation" && event.op === "remove") {
     list()?.querySelector(`.row[data-id="${event.id}"]`)?.remove();
+    refreshCounts();
     if (event.id === openId()) {
       toast(gettext("This conversation is no longer visible to you."), "error");
       showList(true);

@@ -37,4 +37,6 @@ export function connect({ onEvent, onResync, onState }) {
   // A laptop waking from sleep: reconnect at once instead of waiting for the backoff.
   window.addEventListener("online", () => { if (socket && socket.readyState > 1) open(); });
   open();
+  // For support and tests: drop the connection as a network failure would.
+  window.madoguchiLive = { drop: () => socket && socket.close(4000, "dropped") };
 }

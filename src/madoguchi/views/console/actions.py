@@ -24,6 +24,7 @@ from django.views.decorators.http import require_POST
 
 from madoguchi.actions import conversations as conversation_actions
 from madoguchi.actions import outbound
+from madoguchi.actions.replies import check_delete_canned_reply, check_save_canned_reply
 from madoguchi.actions.users import do_update_preferences
 from madoguchi.errors import Invalid, MadoguchiError, NotFound
 from madoguchi.models import Channel, Conversation, User
@@ -238,4 +239,18 @@ def save_preferences(request: HttpRequest) -> dict[str, Any]:
         notify_desktop=request.POST.get("notify_desktop") == "on",
     )
     flash.success(request, _("Your settings were saved."))
+    return {"ok": True}
+
+
+@console_action
+def save_canned_reply(request: HttpRequest) -> dict[str, Any]:
+    reply = check_save_canned_reply(
+        request.user, request.POST.get("shortcut", ""), request.POST.get("text", "")
+    )
+    return {"shortcut": reply.shortcut}
+
+
+@console_action
+def delete_canned_reply(request: HttpRequest, reply_id: int) -> dict[str, Any]:
+    check_delete_canned_reply(request.user, reply_id)
     return {"ok": True}

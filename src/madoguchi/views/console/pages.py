@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -49,11 +49,7 @@ def list_context(request: HttpRequest) -> dict[str, Any]:
         limit=50,
     )
     items = page.items
-    readable = queries.conversations_for(user).filter(status="open")
-    counts = {
-        "mine": readable.filter(assignee_id=user.pk).count(),
-        "unassigned": readable.filter(assignee__isnull=True).count(),
-    }
+    counts = queries.inbox_counts(user)
     return {
         "view": view,
         "status": status,
@@ -181,6 +177,14 @@ def conversation_list_fragment(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 @never_cache
+def counts(request: HttpRequest) -> JsonResponse:
+    """The tab counters, for the browser to refresh after live changes (at most every few s)."""
+    return JsonResponse(queries.inbox_counts(request.user))
+
+
+@login_required
+@require_GET
+@never_cache
 def thread_fragment(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """The thread alone (timeline + composer), re-fetched after a gap or a change of owner."""
     try:
@@ -231,6 +235,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
         {
             "time_zones": sorted(zoneinfo.available_timezones() - {"localtime", "Factory"}),
             "languages": settings.LANGUAGES,
+            "canned": CannedReply.objects.order_by("shortcut"),
         },
     )
 
