@@ -210,7 +210,22 @@ def assert_num_queries_at_most(limit: int) -> Iterator[None]:
 
 
 def run_async(coro: Any) -> Any:
-    return asyncio.run(coro)
+    """Run a coroutine to completion in a fresh thread (the test thread may already have an
+    event loop: Playwright's sync API keeps one running)."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 @pytest.fixture

@@ -61,6 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    wakeup.listen(stop)
     Worker().run_forever(stop)
 
 

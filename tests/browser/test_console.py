@@ -250,3 +250,28 @@ def test_keyboard_shortcuts_move_through_the_list(agent, sim):
     expect(page.locator("#thread h1")).not_to_have_text(first, timeout=LIVE)
     page.keyboard.press("?")
     expect(page.locator("#shortcuts")).to_be_visible()
+
+
+def test_a_new_message_in_my_conversation_notifies_me(agent, sim, aikos_conversation):
+    aiko = agent("aiko")
+    aiko.context.grant_permissions(["notifications"])
+    aiko.page.add_init_script(
+        "window.__notes = []; window.Notification = class { constructor(title, options) {"
+        " window.__notes.push([title, options.body]); } static get permission() { return 'granted'; }"
+        " static requestPermission() { return Promise.resolve('granted'); } };"
+    )
+    aiko.open_inbox("mine")
+    sim.customer_sends(CUSTOMER, "Yuki Tanaka", "Are you still there?")
+    aiko.page.wait_for_function("window.__notes.length > 0", timeout=LIVE)
+    assert aiko.page.evaluate("window.__notes")[0][1] == "Are you still there?"
+
+
+def test_the_console_installs_as_an_app(agent, sim):
+    aiko = agent("aiko")
+    aiko.open_inbox("all")
+    scope = aiko.page.evaluate("navigator.serviceWorker.ready.then(r => r.scope)")
+    assert scope.endswith("/")
+    manifest = aiko.page.evaluate(
+        "fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json())"
+    )
+    assert manifest["display"] == "standalone"

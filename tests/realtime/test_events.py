@@ -11,6 +11,7 @@ import websockets
 from django.db import transaction
 
 from madoguchi.models import Visibility
+from tests.helpers import run_async
 
 
 def test_an_inbound_message_is_announced_to_every_reader(customer_writes, users, events):
@@ -101,7 +102,7 @@ def test_the_websocket_delivers_events_to_a_permitted_viewer_only(
                 leaked = []
             return hello + got, leaked
 
-    aiko_events, ben_events = asyncio.run(scenario())
+    aiko_events, ben_events = run_async(scenario())
     assert aiko_events[0]["type"] == "hello"
     assert {e["type"] for e in aiko_events[1:]} == {"message", "conversation"}
     assert ben_events == []
@@ -120,4 +121,4 @@ def test_the_websocket_refuses_an_anonymous_connection(server, users):
             return refused.response.status_code
         return None
 
-    assert asyncio.run(scenario()) in (403, 4401)
+    assert run_async(scenario()) in (403, 4401)
