@@ -1,0 +1,51 @@
+"""python -m bench [--quick] [--only B1,B2] [--db sqlite,postgres]: run the benchmarks, print
+each figure with its ratio to a baseline measured in the same run, append to bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .common import Result, append_results, print_results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="short runs (under two minutes)")
+    parser.add_argument("--only", default="", help="comma-separated: B1,B2,...")
+    parser.add_argument("--db", default="sqlite,postgres")
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args()
+    only = {b.strip().upper() for b in args.only.split(",") if b.strip()}
+    databases = [d.strip() for d in args.db.split(",") if d.strip()]
+
+    from . import b1_ingest, b2_processing
+
+    plan = [("B1", b1_ingest.run), ("B2", b2_processing.run)]
+    results: list[Result] = []
+    notes: list[str] = []
+    started = time.monotonic()
+    for name, bench in plan:
+        if only and name not in only:
+            continue
+        for kind in databases:
+            print(f"== {name} on {kind}", flush=True)
+            try:
+                produced = bench(kind, args.quick)
+            except Exception as exc:  # one broken bench must not hide the others
+                notes.append(f"{name} on {kind} failed: {exc}")
+                print(f"{name} on {kind} failed: {exc}", file=sys.stderr)
+                continue
+            print_results(produced)
+            results.extend(produced)
+    mode = "quick" if args.quick else "full"
+    notes.append(f"took {time.monotonic() - started:.0f} s")
+    if not args.no_record:
+        append_results(results, mode, notes)
+    missed = [r for r in results if r.ok is False]
+    print(f"{len(results)} figures, {len(missed)} targets missed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
