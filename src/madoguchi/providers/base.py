@@ -239,6 +239,11 @@ class Provider:
         """Every event of a verified webhook body, as plain dataclasses. Pure."""
         raise NotImplementedError
 
+    def precheck_webhook(self, body: bytes) -> None:
+        """The cheap check made before a body is stored (on the hot path): raise if it is not
+        this platform's payload at all. Item-level problems are the worker's to handle."""
+        self.parse_webhook(body)
+
     def fetch_media(self, media: MediaRef, destination: str, *, kind: str = "") -> StoredMedia:
         """Download inbound media into MEDIA_ROOT/destination; MediaTooLarge past the limit of
         its ``kind`` (image, sticker, ...)."""

@@ -119,6 +119,9 @@ class WhatsAppProvider(Provider):
     def parse_webhook(self, body: bytes) -> list[InboundEvent]:
         return wire.parse_webhook(body)
 
+    def precheck_webhook(self, body: bytes) -> None:
+        wire.check_envelope(body)
+
     def fetch_media(self, media: MediaRef, destination: str, *, kind: str = "") -> StoredMedia:
         info = self.call("GET", self.graph_url(media.platform_media_id))
         url = str(info.get("url", ""))

@@ -453,6 +453,20 @@ def parse_webhook(body: bytes) -> list[InboundEvent]:
     return result.events
 
 
+def check_envelope(body: bytes) -> None:
+    """The webhook hot path's check, before the body is stored: valid JSON, a WhatsApp business
+    account object with an ``entry`` list. Raises WebhookPayloadError like ``parse_webhook``;
+    what lies inside the entries is the worker's to read (leniently)."""
+    document = _load_json(body)
+    if not isinstance(document, dict):
+        raise WebhookPayloadError("invalid_payload", "the body is not a JSON object")
+    if document.get("object", WHATSAPP_OBJECT) != WHATSAPP_OBJECT:
+        raise WebhookPayloadError("unexpected_object", f"object is not {WHATSAPP_OBJECT!r}")
+    entries = document.get("entry")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise WebhookPayloadError("invalid_payload", "entry must be a list of objects")
+
+
 def parse_webhook_report(body: bytes) -> WebhookParse:
     """Like ``parse_webhook``, returning the skipped items instead of logging them."""
     document = _load_json(body)
