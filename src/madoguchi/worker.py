@@ -20,12 +20,18 @@ import traceback
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from madoguchi.actions.inbound import RetryLater, do_process_raw_event
+from madoguchi.actions.inbound import (
+    RetryLater,
+    channel_for_event,
+    do_process_raw_event,
+    do_receive_messages,
+)
 from madoguchi.models import Channel, Job, RawEvent
+from madoguchi.providers.base import InboundMessage
 from madoguchi.providers.registry import provider_class, provider_for
 from madoguchi.realtime import wakeup
 from madoguchi.tasks import HANDLERS, Reschedule, give_up, retry_delay
@@ -48,9 +54,12 @@ class Worker:
         # Test hook for crash tests: sleep this long after claiming a job, before running it.
         self.pause_after_claim = float(os.environ.get("MADOGUCHI_FAULT_PAUSE_AFTER_CLAIM", "0"))
         self.last_schedule_check = 0.0
+        self.claims = 0
 
     # -- raw events ----------------------------------------------------------------------
     def claim_raw_events(self, limit: int = 20) -> list[RawEvent]:
+        """Claim up to ``limit`` due bodies with one conditional UPDATE; the claim token tells
+        which rows this call won (another worker may have taken some in between)."""
         now = timezone.now()
         ids = list(
             RawEvent.objects.filter(processed_at__isnull=True, attempts__lt=RAW_EVENT_MAX_ATTEMPTS)
@@ -58,16 +67,14 @@ class Worker:
             .order_by("id")
             .values_list("id", flat=True)[:limit]
         )
-        claimed = []
-        for raw_id in ids:
-            won = (
-                RawEvent.objects.filter(pk=raw_id, processed_at__isnull=True)
-                .filter(lease_free(now))
-                .update(lease_until=now + self.lease, attempts=F("attempts") + 1)
-            )
-            if won:
-                claimed.append(raw_id)
-        return list(RawEvent.objects.filter(pk__in=claimed).order_by("id"))
+        if not ids:
+            return []
+        self.claims += 1
+        token = f"{self.name}:{self.claims}"[-80:]
+        RawEvent.objects.filter(pk__in=ids, processed_at__isnull=True).filter(
+            lease_free(now)
+        ).update(lease_until=now + self.lease, attempts=F("attempts") + 1, claimed_by=token)
+        return list(RawEvent.objects.filter(pk__in=ids, claimed_by=token).order_by("id"))
 
     def process_raw_event(self, raw: RawEvent) -> None:
         channel = Channel.objects.filter(pk=raw.channel_id).first()
@@ -199,12 +206,54 @@ class Worker:
                 enqueue("sync_templates", {"channel_id": channel.pk}, key=key)
 
     # -- loops ---------------------------------------------------------------------------
+    def process_raw_events(self, raws: list[RawEvent]) -> None:
+        """Bodies that carry only customer messages are applied together (one transaction, bulk
+        inserts: the busy path); anything else, or a batch that fails, one body at a time."""
+        channels: dict[int, Channel | None] = {}
+        batch: list[tuple[RawEvent, Channel, list[InboundMessage]]] = []
+        single: list[RawEvent] = []
+        for raw in raws:
+            if raw.channel_id not in channels:
+                channels[raw.channel_id] = Channel.objects.filter(pk=raw.channel_id).first()
+            channel = channels[raw.channel_id]
+            events = None
+            if channel is not None:
+                try:
+                    events = provider_for(channel).parse_webhook(bytes(raw.body))
+                except Exception:
+                    events = None
+            if events and all(isinstance(e, InboundMessage) for e in events):
+                batch.append((raw, channel, events))  # type: ignore[arg-type]
+            else:
+                single.append(raw)
+        if batch:
+            try:
+                with transaction.atomic():
+                    grouped: dict[int, tuple[Channel, list[InboundMessage]]] = {}
+                    for _raw, channel, events in batch:
+                        for event in events:
+                            target = channel_for_event(channel, event.business_handle)
+                            if target is not None:
+                                grouped.setdefault(target.pk, (target, []))[1].append(event)
+                    for target, messages in grouped.values():
+                        do_receive_messages(target, messages)
+                    RawEvent.objects.filter(pk__in=[raw.pk for raw, _c, _e in batch]).update(
+                        processed_at=timezone.now(), lease_until=None, error=""
+                    )
+            except Exception:
+                log.info(
+                    "batch of %s bodies failed; applying them one by one", len(batch), exc_info=True
+                )
+                single.extend(raw for raw, _c, _e in batch)
+        for raw in single:
+            self.process_raw_event(raw)
+
     def run_once(self) -> int:
         """Process what is due now. Returns how many rows were handled."""
         done = 0
-        for raw in self.claim_raw_events():
-            self.process_raw_event(raw)
-            done += 1
+        raws = self.claim_raw_events(limit=100)
+        self.process_raw_events(raws)
+        done += len(raws)
         for job in self.claim_jobs():
             self.run_job(job)
             done += 1

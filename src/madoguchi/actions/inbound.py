@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from madoguchi.models import (
+    AuditEvent,
     Channel,
     Contact,
     ContactIdentity,
     Conversation,
+    Job,
     Message,
     RawEvent,
     Template,
@@ -29,6 +32,10 @@ from madoguchi.providers.base import (
     StatusUpdate,
     TemplateStatusUpdate,
 )
+from madoguchi.queries.serialize import conversation_json, message_json
+from madoguchi.realtime import wakeup
+from madoguchi.realtime.publish import publish_on_commit
+from madoguchi.rules.access import recipients_for
 
 from . import audit
 from .conversations import lock, publish_conversation
@@ -306,3 +313,231 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
         # What could be applied is committed (and re-applying it later changes nothing).
         raise RetryLater(f"{outcome.pending_statuses} statuses for messages not stored yet")
     return outcome
+
+
+def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> list[Message]:
+    """The same as do_receive_message for each of ``inbounds``, in bulk: a constant number of
+    queries for the batch plus one cheap statement per contact and per conversation. For the
+    worker's busy path (B2); must be called inside a transaction. An IntegrityError (another
+    worker stored the same contact or conversation at the same moment) is the caller's to retry.
+    """
+    fresh: dict[str, InboundMessage] = {}
+    for inbound in inbounds:
+        fresh.setdefault(clean(inbound.platform_message_id, 255), inbound)
+    stored = set(
+        Message.objects.filter(channel=channel, platform_message_id__in=list(fresh)).values_list(
+            "platform_message_id", flat=True
+        )
+    )
+    todo = [(pid, m) for pid, m in fresh.items() if pid not in stored]
+    if not todo:
+        return []
+
+    # Contacts and their identity on this channel.
+    first_of: dict[str, InboundMessage] = {}
+    for _pid, inbound in todo:
+        first_of.setdefault(inbound.sender_handle, inbound)
+    identities = {
+        i.handle: i
+        for i in ContactIdentity.objects.filter(
+            channel=channel, handle__in=list(first_of)
+        ).select_related("contact", "contact__owner")
+    }
+    new_handles = [h for h in first_of if h not in identities]
+    if new_handles:
+        contacts = Contact.objects.bulk_create(
+            [Contact(name=clean(first_of[h].sender_name or h, 200)) for h in new_handles]
+        )
+        made = ContactIdentity.objects.bulk_create(
+            [
+                ContactIdentity(
+                    contact=contact,
+                    channel=channel,
+                    handle=handle,
+                    profile_name=clean(first_of[handle].sender_name, 200),
+                )
+                for contact, handle in zip(contacts, new_handles, strict=True)
+            ]
+        )
+        identities.update({i.handle: i for i in made})
+
+    # The window start only moves forward (conditional UPDATEs, one per contact).
+    latest: dict[str, Any] = {}
+    for _pid, inbound in todo:
+        seen = latest.get(inbound.sender_handle)
+        latest[inbound.sender_handle] = max(seen, inbound.timestamp) if seen else inbound.timestamp
+    adapt = connection.ops.adapt_datetimefield_value
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE madoguchi_contactidentity SET last_inbound_at = %s WHERE id = %s"
+            " AND (last_inbound_at IS NULL OR last_inbound_at < %s)",
+            [(adapt(ts), identities[h].pk, adapt(ts)) for h, ts in latest.items()],
+        )
+
+    # Their active conversations, opened (sticky to the owner) where there is none.
+    identity_ids = [i.pk for i in identities.values()]
+    active = {
+        c.identity_id: c
+        for c in Conversation.objects.filter(identity_id__in=identity_ids)
+        .exclude(status="resolved")
+        .select_related("assignee")
+    }
+    opened = []
+    for identity in identities.values():
+        if identity.pk in active:
+            continue
+        owner = identity.contact.owner
+        assignee = owner if owner is not None and owner.is_active and not owner.is_watcher else None
+        opened.append(
+            Conversation(
+                channel=channel,
+                contact=identity.contact,
+                identity=identity,
+                assignee=assignee,
+                team=channel.team,
+            )
+        )
+    if opened:
+        for conversation in Conversation.objects.bulk_create(opened):
+            active[conversation.identity_id] = conversation
+        AuditEvent.objects.bulk_create(
+            [
+                AuditEvent(
+                    action="conversation.created",
+                    conversation=c,
+                    data={"assignee": c.assignee_id, "sticky": c.assignee_id is not None},
+                )
+                for c in opened
+            ]
+        )
+    # Locked while they change (PostgreSQL; SQLite's write transaction is exclusive anyway).
+    locked = {
+        row.pk: row
+        for row in Conversation.objects.select_for_update()
+        .filter(pk__in=[c.pk for c in active.values()])
+        .only("pk", "status", "unread_count", "last_message_at")
+    }
+
+    targets = {
+        clean(m.reply_to_platform_id or m.reaction_to_platform_id or "", 255) for _p, m in todo
+    } - {""}
+    quoted = dict(
+        Message.objects.filter(channel=channel, platform_message_id__in=list(targets)).values_list(
+            "platform_message_id", "pk"
+        )
+    )
+    rows = []
+    for pid, m in todo:
+        identity = identities[m.sender_handle]
+        target = clean(m.reply_to_platform_id or m.reaction_to_platform_id or "", 255)
+        rows.append(
+            Message(
+                conversation=active[identity.pk],
+                channel=channel,
+                direction="in",
+                kind=m.kind,
+                text=clean(m.text),
+                platform_message_id=pid,
+                platform_timestamp=m.timestamp,
+                reply_to_id=quoted.get(target),
+                reply_to_platform_id=target,
+                error_code=m.error.code if m.error else None,
+                error_title=clean(m.error.title, 255) if m.error else "",
+                error_details=clean(m.error.details) if m.error else "",
+                data={**m.data, "forwarded": True} if m.forwarded else m.data,
+                media_platform_id=clean(m.media.platform_media_id, 128) if m.media else "",
+                media_mime=clean(m.media.mime_type, 128) if m.media else "",
+                media_filename=clean(m.media.filename, 255) if m.media else "",
+                media_state="pending" if m.media else "",
+            )
+        )
+    messages = Message.objects.bulk_create(rows)
+    # A reply to a message of the same batch: link it now that both exist.
+    own = {m.platform_message_id: m.pk for m in messages}
+    linked = [m for m in messages if m.reply_to_id is None and m.reply_to_platform_id in own]
+    for message in linked:
+        message.reply_to_id = own[message.reply_to_platform_id]
+    if linked:
+        Message.objects.bulk_update(linked, ["reply_to"])
+    media_jobs = [
+        Job(kind="fetch_media", args={"message_id": m.pk}, run_at=timezone.now())
+        for m in messages
+        if m.media_state == "pending"
+    ]
+    if media_jobs:
+        Job.objects.bulk_create(media_jobs)
+        transaction.on_commit(wakeup.notify)
+    AuditEvent.objects.bulk_create(
+        [
+            AuditEvent(action="message.received", conversation_id=m.conversation_id, message=m)
+            for m in messages
+        ]
+    )
+
+    # Each conversation's summary: unread count, latest message, reopened if snoozed.
+    per_conversation: dict[int, list[Message]] = {}
+    for message in messages:
+        per_conversation.setdefault(message.conversation_id, []).append(message)
+    updates = []
+    for conversation_id, items in per_conversation.items():
+        row = locked[conversation_id]
+        newest = max(items, key=lambda m: m.platform_timestamp)
+        moves = row.last_message_at is None or newest.platform_timestamp >= row.last_message_at
+        row.unread_count += len(items)
+        if moves:
+            row.last_message_at = newest.platform_timestamp
+        updates.append(
+            (
+                row.unread_count,
+                adapt(row.last_message_at),
+                newest.text[:PREVIEW_LENGTH] if moves else None,
+                "open" if row.status == "snoozed" else row.status,
+                conversation_id,
+            )
+        )
+        if row.status == "snoozed":
+            row.status = "open"
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE madoguchi_conversation SET unread_count = %s, last_message_at = %s,"
+            " last_message_preview = COALESCE(%s, last_message_preview), status = %s,"
+            " snoozed_until = CASE WHEN status = 'snoozed' THEN NULL ELSE snoozed_until END"
+            " WHERE id = %s",
+            updates,
+        )
+
+    # Real-time events, to the people allowed to see each conversation.
+    fresh_rows = {
+        c.pk: c
+        for c in Conversation.objects.filter(pk__in=list(per_conversation)).select_related(
+            "channel", "contact", "identity", "assignee"
+        )
+    }
+    audience: dict[tuple[Any, ...], list[int]] = {}
+    for conversation_id, items in per_conversation.items():
+        conversation = fresh_rows[conversation_id]
+        key = (conversation.channel_id, conversation.team_id, conversation.assignee_id)
+        if key not in audience:
+            audience[key] = recipients_for(conversation)
+        recipients = audience[key]
+        for message in items:
+            message.author = None
+            publish_on_commit(
+                {
+                    "type": "message",
+                    "op": "add",
+                    "conversation_id": conversation_id,
+                    "assignee_id": conversation.assignee_id,
+                    "message": message_json(message),
+                },
+                recipients,
+            )
+        publish_on_commit(
+            {
+                "type": "conversation",
+                "op": "upsert",
+                "conversation": conversation_json(conversation),
+            },
+            recipients,
+        )
+    return messages

@@ -19,6 +19,7 @@ class RawEvent(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     lease_until = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=80, blank=True)
     error = models.TextField(blank=True)
 
     class Meta:

@@ -17,8 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import transaction
 
 log = logging.getLogger(__name__)
@@ -59,8 +58,29 @@ async def send_to_groups(event: dict[str, Any], user_ids: list[int]) -> None:
     if layer is None:
         return
     message = {"type": "madoguchi.event", "event": event}
-    for user_id in user_ids:
-        await layer.group_send(user_group(user_id), message)
+    try:
+        for user_id in user_ids:
+            await layer.group_send(user_group(user_id), message)
+    except Exception:  # a dead Redis must not undo a committed change
+        log.warning("real-time publish failed for %s", event.get("type"), exc_info=True)
+
+
+_background_loop: asyncio.AbstractEventLoop | None = None
+_background_lock = threading.Lock()
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """A process without a server (a worker) sends through one long-lived loop of its own,
+    rather than building an event loop (and a Redis connection) for every event."""
+    global _background_loop
+    with _background_lock:
+        if _background_loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=loop.run_forever, name="madoguchi-publisher", daemon=True
+            ).start()
+            _background_loop = loop
+        return _background_loop
 
 
 def publish(event: dict[str, Any], user_ids: list[int]) -> None:
@@ -72,18 +92,16 @@ def publish(event: dict[str, Any], user_ids: list[int]) -> None:
         listener(event, user_ids)
     if not user_ids:
         return
+    loop = _server_loop
+    if loop is None or not loop.is_running():
+        if isinstance(get_channel_layer(), InMemoryChannelLayer):
+            return  # no socket can be held by this process, and no layer reaches another one
+        loop = background_loop()
     try:
-        loop = _server_loop
-        if loop is not None and loop.is_running():
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                loop.create_task(send_to_groups(event, user_ids))
-            else:
-                asyncio.run_coroutine_threadsafe(send_to_groups(event, user_ids), loop)
-        else:
-            async_to_sync(send_to_groups)(event, user_ids)
-    except Exception:  # a dead Redis must not undo a committed change
-        log.warning("real-time publish failed for %s", event.get("type"), exc_info=True)
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        loop.create_task(send_to_groups(event, user_ids))
+    else:
+        asyncio.run_coroutine_threadsafe(send_to_groups(event, user_ids), loop)
