@@ -4,14 +4,13 @@ settings. Load: wrk in a separate process, cycling through pre-signed bodies."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from .common import Database, Result, free_port, madoguchi, start, stop, wait_http
-from .payloads import APP_SECRET, PHONE_NUMBER_ID, WABA_ID, ingest_mix, sign
+from .common import Database, Result, create_channel, free_port, start, stop, wait_http
+from .payloads import APP_SECRET, ingest_mix, sign
 
 LUA = """
 local bodies = {}
@@ -102,29 +101,7 @@ def run(kind: str, quick: bool) -> list[Result]:
     db = Database(kind)
     try:
         db.migrate()
-        channel = json.loads(
-            madoguchi(
-                "channel",
-                "add",
-                "whatsapp",
-                "--name",
-                "Bench",
-                "--phone-number-id",
-                PHONE_NUMBER_ID,
-                "--waba-id",
-                WABA_ID,
-                "--access-token",
-                "t",
-                "--app-secret",
-                APP_SECRET,
-                "--verify-token",
-                "v",
-                "--api-base",
-                "http://127.0.0.1:9",
-                "--json",
-                env=db.env(),
-            )
-        )
+        channel = create_channel(db)
         script, data = write_requests(db.dir, 3000)
 
         port = free_port()

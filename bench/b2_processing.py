@@ -5,15 +5,14 @@ per transaction into the same database (bench/b2_floor.py)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 
 import httpx
 
-from .common import Database, Result, free_port, madoguchi, start, stop, wait_http
-from .payloads import APP_SECRET, PHONE_NUMBER_ID, TEXTS, WABA_ID, messages_body, sign
+from .common import Database, Result, create_channel, free_port, madoguchi, start, stop, wait_http
+from .payloads import TEXTS, messages_body, sign
 
 COUNT_SQL = {
     "messages": "SELECT COUNT(*), COUNT(DISTINCT platform_message_id) FROM madoguchi_message",
@@ -40,29 +39,7 @@ def run(kind: str, quick: bool) -> list[Result]:
     try:
         db.migrate()
         env = db.env()
-        channel = json.loads(
-            madoguchi(
-                "channel",
-                "add",
-                "whatsapp",
-                "--name",
-                "Bench",
-                "--phone-number-id",
-                PHONE_NUMBER_ID,
-                "--waba-id",
-                WABA_ID,
-                "--access-token",
-                "t",
-                "--app-secret",
-                APP_SECRET,
-                "--verify-token",
-                "v",
-                "--api-base",
-                "http://127.0.0.1:9",
-                "--json",
-                env=env,
-            )
-        )
+        channel = create_channel(db)
         for name in ("aiko", "ben", "sora"):
             madoguchi(
                 "user", "add", name, "--role", "agent", "--password", "bench-password-123", env=env

@@ -198,3 +198,31 @@ def print_results(results: list[Result]) -> None:
 
 def load_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def create_channel(db: Database) -> dict[str, Any]:
+    """A WhatsApp channel for the benchmark payloads (its API base points at nothing)."""
+    from .payloads import APP_SECRET, PHONE_NUMBER_ID, WABA_ID
+
+    out = madoguchi(
+        "channel",
+        "add",
+        "whatsapp",
+        "--name",
+        "Bench",
+        "--phone-number-id",
+        PHONE_NUMBER_ID,
+        "--waba-id",
+        WABA_ID,
+        "--access-token",
+        "t",
+        "--app-secret",
+        APP_SECRET,
+        "--verify-token",
+        "v",
+        "--api-base",
+        "http://127.0.0.1:9",
+        "--json",
+        env=db.env(),
+    )
+    return json.loads(out)

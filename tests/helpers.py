@@ -272,10 +272,8 @@ def post_webhook(
 _counter = iter(range(10**9))
 
 
-def text_payload(
-    wa_id: str, name: str, text: str, *, timestamp: int | None = None, message_id: str = ""
-) -> dict[str, Any]:
-    """A WhatsApp ``messages`` webhook with one text message (PROTOCOLS §A4 envelope)."""
+def envelope(value: dict[str, Any], phone_number_id: str = PHONE_NUMBER_ID) -> dict[str, Any]:
+    """A WhatsApp ``messages`` webhook around one change ``value`` (PROTOCOLS §A4)."""
     return {
         "object": "whatsapp_business_account",
         "entry": [
@@ -288,24 +286,31 @@ def text_payload(
                             "messaging_product": "whatsapp",
                             "metadata": {
                                 "display_phone_number": DISPLAY_NUMBER,
-                                "phone_number_id": PHONE_NUMBER_ID,
+                                "phone_number_id": phone_number_id,
                             },
-                            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
-                            "messages": [
-                                {
-                                    "from": wa_id,
-                                    "id": message_id or f"wamid.test{next(_counter)}",
-                                    "timestamp": str(timestamp or int(time.time())),
-                                    "type": "text",
-                                    "text": {"body": text},
-                                }
-                            ],
+                            **value,
                         },
                     }
                 ],
             }
         ],
     }
+
+
+def text_payload(
+    wa_id: str, name: str, text: str, *, timestamp: int | None = None, message_id: str = ""
+) -> dict[str, Any]:
+    """A webhook with one text message from ``wa_id``."""
+    message = {
+        "from": wa_id,
+        "id": message_id or f"wamid.test{next(_counter)}",
+        "timestamp": str(timestamp or int(time.time())),
+        "type": "text",
+        "text": {"body": text},
+    }
+    return envelope(
+        {"contacts": [{"profile": {"name": name}, "wa_id": wa_id}], "messages": [message]}
+    )
 
 
 def status_payload(
@@ -319,27 +324,7 @@ def status_payload(
     }
     if errors:
         item["errors"] = errors
-    return {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": WABA_ID,
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": DISPLAY_NUMBER,
-                                "phone_number_id": PHONE_NUMBER_ID,
-                            },
-                            "statuses": [item],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    return envelope({"statuses": [item]})
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from tests.helpers import (
     VERIFY_TOKEN,
     WABA_ID,
     compact,
+    envelope,
     post_webhook,
     sign,
     text_payload,
@@ -282,42 +283,9 @@ def test_templates_of_a_team_channel_are_not_listed_to_outsiders(api_as, channel
 
 
 def test_a_platform_notice_is_recorded_once_even_when_the_body_is_retried(server, channel, worker):
-    payload = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": WABA_ID,
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {
-                                "display_phone_number": "1",
-                                "phone_number_id": channel.business_handle,
-                            },
-                            "errors": [
-                                {
-                                    "code": 131000,
-                                    "title": "Something went wrong",
-                                    "message": "x",
-                                    "error_data": {"details": "d"},
-                                }
-                            ],
-                            "statuses": [
-                                {
-                                    "id": "wamid.unknown",
-                                    "status": "delivered",
-                                    "timestamp": "1",
-                                    "recipient_id": "1",
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
+    error = {"code": 131000, "title": "Something went wrong", "error_data": {"details": "d"}}
+    status = {"id": "wamid.unknown", "status": "delivered", "timestamp": "1", "recipient_id": "1"}
+    payload = envelope({"errors": [error], "statuses": [status]})
     post_webhook(server, channel, payload)
     worker.run_until_idle()
     RawEvent.objects.update(lease_until=None)

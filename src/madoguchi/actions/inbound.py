@@ -36,6 +36,7 @@ from madoguchi.queries.serialize import conversation_json, message_json
 from madoguchi.realtime import wakeup
 from madoguchi.realtime.publish import publish_on_commit
 from madoguchi.rules.access import recipients_for
+from madoguchi.rules.routing import sticky_assignee
 
 from . import audit
 from .conversations import lock, publish_conversation
@@ -87,8 +88,7 @@ def conversation_for(channel: Channel, identity: ContactIdentity) -> tuple[Conve
     )
     if conversation is not None:
         return conversation, False
-    owner = identity.contact.owner
-    assignee = owner if owner is not None and owner.is_active and not owner.is_watcher else None
+    assignee = sticky_assignee(identity.contact)
     conversation = Conversation.objects.create(
         channel=channel,
         contact=identity.contact,
@@ -386,8 +386,7 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
     for identity in identities.values():
         if identity.pk in active:
             continue
-        owner = identity.contact.owner
-        assignee = owner if owner is not None and owner.is_active and not owner.is_watcher else None
+        assignee = sticky_assignee(identity.contact)
         opened.append(
             Conversation(
                 channel=channel,
