@@ -20,9 +20,9 @@ def main() -> None:
     only = {b.strip().upper() for b in args.only.split(",") if b.strip()}
     databases = [d.strip() for d in args.db.split(",") if d.strip()]
 
-    from . import b1_ingest, b2_processing
+    from . import b1_ingest, b2_processing, b4_inbox
 
-    plan = [("B1", b1_ingest.run), ("B2", b2_processing.run)]
+    plan = [("B1", b1_ingest.run), ("B2", b2_processing.run), ("B4", b4_inbox.run)]
     results: list[Result] = []
     notes: list[str] = []
     started = time.monotonic()

@@ -78,7 +78,9 @@ def identity_for(channel: Channel, message: InboundMessage) -> ContactIdentity:
     return identity
 
 
-def conversation_for(channel: Channel, identity: ContactIdentity) -> tuple[Conversation, bool]:
+def conversation_for(
+    channel: Channel, identity: ContactIdentity, first_message_at: Any
+) -> tuple[Conversation, bool]:
     """The contact's active conversation, or a new one for its sticky owner (SPEC §2.3)."""
     conversation = (
         Conversation.objects.select_related("assignee")
@@ -95,6 +97,7 @@ def conversation_for(channel: Channel, identity: ContactIdentity) -> tuple[Conve
         identity=identity,
         assignee=assignee,
         team=channel.team,
+        last_message_at=first_message_at,
     )
     audit.record(
         "conversation.created",
@@ -125,7 +128,7 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
     ContactIdentity.objects.filter(pk=identity.pk).filter(
         Q(last_inbound_at__isnull=True) | Q(last_inbound_at__lt=inbound.timestamp)
     ).update(last_inbound_at=inbound.timestamp)
-    conversation, _created = conversation_for(channel, identity)
+    conversation, _created = conversation_for(channel, identity, inbound.timestamp)
     conversation = lock(conversation)
     reply_to = None
     target_id = clean(inbound.reply_to_platform_id or inbound.reaction_to_platform_id or "", 255)
@@ -158,7 +161,7 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
         conversation.status = "open"
         conversation.snoozed_until = None
         fields += ["status", "snoozed_until"]
-    if conversation.last_message_at is None or inbound.timestamp >= conversation.last_message_at:
+    if inbound.timestamp >= conversation.last_message_at:
         conversation.last_message_at = inbound.timestamp
         conversation.last_message_preview = text[:PREVIEW_LENGTH]
         fields += ["last_message_at", "last_message_preview"]
@@ -363,9 +366,11 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
 
     # The window start only moves forward (conditional UPDATEs, one per contact).
     latest: dict[str, Any] = {}
+    earliest: dict[str, Any] = {}
     for _pid, inbound in todo:
-        seen = latest.get(inbound.sender_handle)
-        latest[inbound.sender_handle] = max(seen, inbound.timestamp) if seen else inbound.timestamp
+        handle, ts = inbound.sender_handle, inbound.timestamp
+        latest[handle] = max(latest[handle], ts) if handle in latest else ts
+        earliest[handle] = min(earliest[handle], ts) if handle in earliest else ts
     adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
         cursor.executemany(
@@ -394,6 +399,7 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
                 identity=identity,
                 assignee=assignee,
                 team=channel.team,
+                last_message_at=earliest[identity.handle],
             )
         )
     if opened:
@@ -481,7 +487,7 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
     for conversation_id, items in per_conversation.items():
         row = locked[conversation_id]
         newest = max(items, key=lambda m: m.platform_timestamp)
-        moves = row.last_message_at is None or newest.platform_timestamp >= row.last_message_at
+        moves = newest.platform_timestamp >= row.last_message_at
         row.unread_count += len(items)
         if moves:
             row.last_message_at = newest.platform_timestamp

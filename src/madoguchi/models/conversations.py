@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from .channels import Channel
 from .contacts import Contact, ContactIdentity
@@ -31,19 +32,24 @@ class Conversation(models.Model):
     )
     team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
-    last_message_at = models.DateTimeField(null=True, blank=True)
+    # Never empty (set at creation, moved forward by every message): the inbox is ordered by it
+    # and its indexes serve that order directly on SQLite and PostgreSQL alike.
+    last_message_at = models.DateTimeField(default=timezone.now)
     last_message_preview = models.CharField(max_length=200, blank=True)
     # Inbound messages the assignee has not opened yet.
     unread_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [
-            models.Index(fields=["status", "-last_message_at"], name="conv_status_recent"),
+            models.Index(fields=["-last_message_at", "-id"], name="conv_recent"),
+            models.Index(fields=["status", "-last_message_at", "-id"], name="conv_status_recent"),
             models.Index(
-                fields=["assignee", "status", "-last_message_at"], name="conv_assignee_recent"
+                fields=["assignee", "status", "-last_message_at", "-id"],
+                name="conv_assignee_recent",
             ),
             models.Index(
-                fields=["channel", "status", "-last_message_at"], name="conv_channel_recent"
+                fields=["channel", "status", "-last_message_at", "-id"],
+                name="conv_channel_recent",
             ),
         ]
         constraints = [

@@ -20,6 +20,11 @@ class Team(models.Model):
         return self.name
 
 
+def user_label(display_name: str, first_name: str, last_name: str, username: str) -> str:
+    """How a person is named in the console: display name, else full name, else username."""
+    return display_name or f"{first_name} {last_name}".strip() or username
+
+
 class User(AbstractUser):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.AGENT)
     teams = models.ManyToManyField(Team, related_name="members", blank=True)
@@ -31,7 +36,7 @@ class User(AbstractUser):
 
     @property
     def label(self) -> str:
-        return self.display_name or self.get_full_name() or self.username
+        return user_label(self.display_name, self.first_name, self.last_name, self.username)
 
     @property
     def is_admin(self) -> bool:

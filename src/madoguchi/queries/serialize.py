@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from madoguchi.models import Conversation, Message, User
+from madoguchi.models.users import user_label
 from madoguchi.rules.window import window_for
 
 
@@ -18,32 +20,100 @@ def iso(value: Any) -> str | None:
     return value.isoformat() if value else None
 
 
-def conversation_json(conversation: Conversation) -> dict[str, Any]:
-    """Needs channel, contact, identity and assignee loaded (select_related)."""
-    identity = conversation.identity
-    window = window_for(conversation.channel.kind, identity.last_inbound_at)
+# The columns a conversation's JSON is made of, for queries that skip model instances.
+CONVERSATION_ROW = (
+    "id",
+    "channel_id",
+    "channel__kind",
+    "channel__name",
+    "contact_id",
+    "contact__name",
+    "identity__handle",
+    "identity__last_inbound_at",
+    "assignee_id",
+    "assignee__display_name",
+    "assignee__first_name",
+    "assignee__last_name",
+    "assignee__username",
+    "assignee__role",
+    "team_id",
+    "status",
+    "snoozed_until",
+    "last_message_at",
+    "last_message_preview",
+    "unread_count",
+    "created_at",
+)
+
+
+def conversation_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The conversation JSON from a row of CONVERSATION_ROW columns."""
+    window = window_for(row["channel__kind"], row["identity__last_inbound_at"])
+    assignee = None
+    if row["assignee_id"] is not None:
+        assignee = {
+            "id": row["assignee_id"],
+            "name": user_label(
+                row["assignee__display_name"],
+                row["assignee__first_name"],
+                row["assignee__last_name"],
+                row["assignee__username"],
+            ),
+            "username": row["assignee__username"],
+            "role": row["assignee__role"],
+        }
     return {
-        "id": conversation.pk,
+        "id": row["id"],
         "channel": {
-            "id": conversation.channel_id,
-            "kind": conversation.channel.kind,
-            "name": conversation.channel.name,
+            "id": row["channel_id"],
+            "kind": row["channel__kind"],
+            "name": row["channel__name"],
         },
         "contact": {
-            "id": conversation.contact_id,
-            "name": conversation.contact.name,
-            "handle": identity.handle,
+            "id": row["contact_id"],
+            "name": row["contact__name"],
+            "handle": row["identity__handle"],
         },
-        "assignee": user_json(conversation.assignee),
-        "team": conversation.team_id,
-        "status": conversation.status,
-        "snoozed_until": iso(conversation.snoozed_until),
-        "last_message_at": iso(conversation.last_message_at),
-        "last_message_preview": conversation.last_message_preview,
-        "unread_count": conversation.unread_count,
+        "assignee": assignee,
+        "team": row["team_id"],
+        "status": row["status"],
+        "snoozed_until": iso(row["snoozed_until"]),
+        "last_message_at": iso(row["last_message_at"]),
+        "last_message_preview": row["last_message_preview"],
+        "unread_count": row["unread_count"],
         "window": window.as_json() if window.applies else {"open": True, "expires_at": None},
-        "created_at": iso(conversation.created_at),
+        "created_at": iso(row["created_at"]),
     }
+
+
+def conversation_json(conversation: Conversation) -> dict[str, Any]:
+    """Needs channel, contact, identity and assignee loaded (select_related)."""
+    assignee = conversation.assignee
+    return conversation_row_json(
+        {
+            "id": conversation.pk,
+            "channel_id": conversation.channel_id,
+            "channel__kind": conversation.channel.kind,
+            "channel__name": conversation.channel.name,
+            "contact_id": conversation.contact_id,
+            "contact__name": conversation.contact.name,
+            "identity__handle": conversation.identity.handle,
+            "identity__last_inbound_at": conversation.identity.last_inbound_at,
+            "assignee_id": conversation.assignee_id,
+            "assignee__display_name": assignee.display_name if assignee else "",
+            "assignee__first_name": assignee.first_name if assignee else "",
+            "assignee__last_name": assignee.last_name if assignee else "",
+            "assignee__username": assignee.username if assignee else "",
+            "assignee__role": assignee.role if assignee else "",
+            "team_id": conversation.team_id,
+            "status": conversation.status,
+            "snoozed_until": conversation.snoozed_until,
+            "last_message_at": conversation.last_message_at,
+            "last_message_preview": conversation.last_message_preview,
+            "unread_count": conversation.unread_count,
+            "created_at": conversation.created_at,
+        }
+    )
 
 
 def message_json(message: Message) -> dict[str, Any]:

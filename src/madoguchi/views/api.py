@@ -146,7 +146,7 @@ def list_conversations(
         cursor=cursor,
         limit=limit,
     )
-    return {"items": [conversation_json(c) for c in page.items], "next_cursor": page.next_cursor}
+    return {"items": page.items, "next_cursor": page.next_cursor}
 
 
 @api.post("/conversations", response={202: dict})

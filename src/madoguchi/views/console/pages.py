@@ -55,7 +55,7 @@ def list_context(request: HttpRequest) -> dict[str, Any]:
         "status": status,
         "channel_filter": channel_id,
         "team_filter": team_id,
-        "conversations": [conversation_json(c) for c in items],
+        "conversations": items,
         "next_cursor": page.next_cursor,
         "counts": counts,
         "channels": Channel.objects.filter(is_active=True).order_by("name"),

@@ -1,0 +1,341 @@
+"""B4 inbox at scale: 5 channels, 50 agents, N conversations of 10 messages each. Measures, through
+the real HTTP stack, the first page of each inbox view, a conversation's latest 50 messages and
+search, at a small and a large size (the ratio shows how cost grows with data), and checks that
+a list costs the same number of queries whatever its page size.
+
+Baseline: the cheapest request the same server answers (GET /api/v1/me): what any request costs
+before the inbox's own work."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from .common import Database, Result, free_port, percentile, start, stop, wait_http
+from .payloads import TEXTS
+
+AGENTS = 50
+CHANNELS = 5
+PER_CONVERSATION = 10
+
+
+SETUP = """
+import django, os
+os.environ['DJANGO_SETTINGS_MODULE'] = 'madoguchi.settings'
+django.setup()
+from madoguchi.actions.channels import do_create_channel
+from madoguchi.actions.users import do_create_token, do_create_user
+for n in range(1, {channels} + 1):
+    do_create_channel(None, kind='whatsapp', name=f'Shop {{n}}', business_handle=f'10{{n}}',
+                      account_handle=f'20{{n}}', api_base='http://127.0.0.1:9',
+                      secrets={{'access_token': 't', 'app_secret': 's', 'verify_token': 'v'}})
+users = [do_create_user(None, f'agent{{n}}', role='agent', password='bench-password-123')[0]
+         for n in range(1, {agents} + 1)]
+print(do_create_token(None, users[0], 'bench'))
+"""
+
+
+def generate(db: Database, conversations: int) -> None:
+    """Rows straight into the tables (the ORM would take hours at this size)."""
+    rng = random.Random(4)
+    now = datetime.now(UTC)
+    users = list(range(1, AGENTS + 1))
+    sqlite = db.kind == "sqlite"
+
+    def stamp(dt: datetime) -> str | datetime:
+        return dt.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else dt
+
+    if sqlite:
+        import sqlite3
+
+        conn = sqlite3.connect(db.url.split("sqlite:///", 1)[1])
+        param = "?"
+    else:
+        import psycopg
+
+        conn = psycopg.connect(db.url)
+        param = "%s"
+
+    def insert(table: str, columns: list[str], rows: list[tuple]) -> None:
+        marks = ", ".join([param] * len(columns))
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+        cursor = conn.cursor()
+        for start_at in range(0, len(rows), 20000):
+            cursor.executemany(sql, rows[start_at : start_at + 20000])
+
+    contacts, identities, convs, messages = [], [], [], []
+    message_id = 0
+    for n in range(1, conversations + 1):
+        channel = (n % CHANNELS) + 1
+        owner = rng.choice(users)
+        contacts.append((n, f"Customer {n}", owner, stamp(now)))
+        identities.append(
+            (
+                n,
+                n,
+                channel,
+                f"81{n:010d}",
+                f"Customer {n}",
+                stamp(now - timedelta(hours=rng.randint(0, 48))),
+            )
+        )
+        last = now - timedelta(minutes=n % 100000)
+        status = "open" if rng.random() < 0.3 else "resolved"
+        assignee = owner if rng.random() < 0.8 else None
+        convs.append(
+            (
+                n,
+                channel,
+                n,
+                n,
+                status,
+                assignee,
+                stamp(last - timedelta(days=1)),
+                stamp(last),
+                f"message {n}",
+                rng.randint(0, 3),
+            )
+        )
+        for k in range(PER_CONVERSATION):
+            message_id += 1
+            inbound = k % 2 == 0
+            messages.append(
+                (
+                    message_id,
+                    n,
+                    channel,
+                    "in" if inbound else "out",
+                    "text",
+                    f"{TEXTS[message_id % len(TEXTS)]} #{message_id}",
+                    None if inbound else assignee,
+                    f"wamid.b4.{message_id}",
+                    "" if inbound else "read",
+                    "{}",
+                    stamp(last - timedelta(minutes=PER_CONVERSATION - k)),
+                )
+            )
+    insert("madoguchi_contact", ["id", "name", "owner_id", "created_at"], contacts)
+    insert(
+        "madoguchi_contactidentity",
+        ["id", "contact_id", "channel_id", "handle", "profile_name", "last_inbound_at"],
+        identities,
+    )
+    insert(
+        "madoguchi_conversation",
+        [
+            "id",
+            "channel_id",
+            "contact_id",
+            "identity_id",
+            "status",
+            "assignee_id",
+            "created_at",
+            "last_message_at",
+            "last_message_preview",
+            "unread_count",
+        ],
+        convs,
+    )
+    if sqlite:
+        empty_json: object = "{}"
+    else:
+        from psycopg.types.json import Jsonb
+
+        empty_json = Jsonb({})
+    insert(
+        "madoguchi_message",
+        [
+            "id",
+            "conversation_id",
+            "channel_id",
+            "direction",
+            "kind",
+            "text",
+            "author_id",
+            "platform_message_id",
+            "status",
+            "data",
+            "created_at",
+            "reply_to_platform_id",
+            "error_title",
+            "error_details",
+            "media_platform_id",
+            "media_mime",
+            "media_filename",
+            "media_path",
+            "media_state",
+        ],
+        [(*m[:9], empty_json, m[10], "", "", "", "", "", "", "", "") for m in messages],
+    )
+    if not sqlite:
+        for table in (
+            "madoguchi_contact",
+            "madoguchi_contactidentity",
+            "madoguchi_conversation",
+            "madoguchi_message",
+        ):
+            conn.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"
+            )
+        conn.execute("ANALYZE")
+    else:
+        conn.execute("ANALYZE")
+    conn.commit()
+    conn.close()
+
+
+def timed(client: httpx.Client, path: str, count: int) -> list[float]:
+    client.get(path).raise_for_status()  # warm
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        client.get(path).raise_for_status()
+        samples.append((time.perf_counter() - began) * 1000)
+    return samples
+
+
+def measure(kind: str, conversations: int, samples: int) -> dict[str, float]:
+    db = Database(kind)
+    try:
+        db.migrate()
+        env = db.env()
+        token = (
+            subprocess.run(
+                [sys.executable, "-c", SETUP.format(channels=CHANNELS, agents=AGENTS)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        generate(db, conversations)
+        port = free_port()
+        server = start(
+            [sys.executable, "-m", "madoguchi.cli", "serve", "--no-worker", "--port", str(port)],
+            env,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_http(f"{base}/login/")
+            api = httpx.Client(
+                base_url=f"{base}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            )
+            console = httpx.Client(base_url=base, timeout=30)
+            console.get("/login/")
+            console.post(
+                "/login/",
+                data={
+                    "username": "agent1",
+                    "password": "bench-password-123",
+                    "csrfmiddlewaretoken": console.cookies["csrftoken"],
+                },
+                headers={"Referer": f"{base}/login/"},
+            )
+            some = api.get("/conversations?assignee=me&status=all").json()["items"][0]["id"]
+            result = {
+                "baseline": percentile(timed(api, "/me", samples), 95),
+                "mine": percentile(timed(api, "/conversations?assignee=me", samples), 95),
+                "unassigned": percentile(timed(api, "/conversations?assignee=none", samples), 95),
+                "all": percentile(timed(api, "/conversations?status=all", samples), 95),
+                "channel": percentile(timed(api, "/conversations?channel=3", samples), 95),
+                "messages": percentile(
+                    timed(api, f"/conversations/{some}/messages?limit=50", samples), 95
+                ),
+                "search": percentile(
+                    timed(console, "/search/?q=Customer%2012", max(samples // 4, 10)), 95
+                ),
+            }
+        finally:
+            stop(server)
+        result["queries_equal"] = float(query_counts_equal(env))
+        return result
+    finally:
+        db.drop()
+
+
+def query_counts_equal(env: dict[str, str]) -> bool:
+    """The list query count for a page of 5 and a page of 50 (no query per row)."""
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='madoguchi.settings'; django.setup();"
+        "from django.db import connection; from django.test.utils import CaptureQueriesContext;"
+        "from madoguchi.models import User; from madoguchi.queries.conversations import list_conversations;"
+        "u=User.objects.get(username='agent1');\n"
+        "def n(limit):\n"
+        "    with CaptureQueriesContext(connection) as c:\n"
+        "        list_conversations(u, status='all', limit=limit)\n"
+        "    return len(c.captured_queries)\n"
+        "print(n(5) == n(50))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().endswith("True")
+
+
+def run(kind: str, quick: bool) -> list[Result]:
+    small, large = (1_000, 10_000) if quick else (1_000, 100_000)
+    samples = 60 if quick else 200
+    low = measure(kind, small, samples)
+    high = measure(kind, large, samples)
+    limit = 20 if kind == "postgres" else 30
+    label = f"B4 {kind} ({large * PER_CONVERSATION:,} msgs)"
+    results = []
+    for view in ("mine", "unassigned", "all", "channel", "messages"):
+        results.append(
+            Result(
+                label,
+                f"p95 {view}",
+                high[view],
+                "ms",
+                high["baseline"],
+                f"≤ {limit} ms",
+                high[view] <= limit,
+            )
+        )
+        ratio = high[view] / low[view] if low[view] else float("nan")
+        results.append(
+            Result(
+                label,
+                f"p95 {view} growth ×{large // small}",
+                ratio,
+                "×",
+                None,
+                "≤ 1.5",
+                ratio <= 1.5,
+            )
+        )
+    results.append(
+        Result(
+            label,
+            "p95 search",
+            high["search"],
+            "ms",
+            high["baseline"],
+            "≤ 200 ms",
+            high["search"] <= 200,
+        )
+    )
+    results.append(
+        Result(
+            label,
+            "list queries same for 5 and 50 rows",
+            high["queries_equal"],
+            "",
+            None,
+            "= 1",
+            high["queries_equal"] == 1.0,
+        )
+    )
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]), 30)))
