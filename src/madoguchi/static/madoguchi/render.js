@@ -118,7 +118,9 @@ export function message(m, quoteText) {
   } else if (!(MEDIA_KINDS.has(m.kind) && m.text.startsWith("[") && !(m.data && m.data.caption))) {
     item.append(el("p", { class: "text", dir: "auto", text: m.text }));
   }
-  const meta = el("span", { class: "meta" }, el("time", { datetime: m.created_at, text: when(m.created_at) }));
+  // The customer's own time for inbound messages (a late delivery keeps its real time).
+  const at = m.platform_timestamp || m.created_at;
+  const meta = el("span", { class: "meta" }, el("time", { datetime: at, text: when(at) }));
   if (m.direction === "out" && m.kind !== "note" && m.status) {
     meta.append(" ", el("span", { class: `tick ${m.status}`, title: m.status, "aria-label": m.status, text: TICKS[m.status] || "" }));
   }
