@@ -148,3 +148,13 @@ def test_the_service_worker_is_served_at_the_root(db):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("application/javascript")
     assert Client().get("/offline/").status_code == 200
+
+
+def test_textless_messages_read_in_the_viewers_language():
+    from django.utils import translation
+
+    from madoguchi.templatetags.madoguchi import readable
+
+    with translation.override("ja"):
+        assert readable("[Voice message]") == "［ボイスメッセージ］"
+        assert readable("[Image] is what I typed") == "[Image] is what I typed"  # customer text

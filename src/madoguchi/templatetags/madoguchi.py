@@ -67,3 +67,30 @@ def initials(name: str) -> str:
     if len(parts) == 1:
         return parts[0][:2].upper()
     return (parts[0][0] + parts[-1][0]).upper()
+
+
+def placeholder_labels() -> dict[str, str]:
+    """The platform module's readable stand-ins for messages without text, translated."""
+    return {
+        "[Empty message]": _("[Empty message]"),
+        "[Image]": _("[Image]"),
+        "[Audio]": _("[Audio]"),
+        "[Voice message]": _("[Voice message]"),
+        "[Video]": _("[Video]"),
+        "[Document]": _("[Document]"),
+        "[Sticker]": _("[Sticker]"),
+        "[Location]": _("[Location]"),
+        "[Contact]": _("[Contact]"),
+        "[Interactive reply]": _("[Interactive reply]"),
+        "[Button reply]": _("[Button reply]"),
+        "Reaction removed": _("Reaction removed"),
+        "[Order]": _("[Order]"),
+        "[System message]": _("[System message]"),
+        "[Unsupported message type]": _("[Unsupported message type]"),
+    }
+
+
+@register.filter
+def readable(text: str) -> str:
+    """Customer text as is; the placeholders of textless messages in the viewer's language."""
+    return placeholder_labels().get(text, text)

@@ -6,6 +6,27 @@ const gettext = window.gettext || ((s) => s);
 const interpolate = window.interpolate || ((fmt, obj) => fmt.replace(/%\((\w+)\)s/g, (_, k) => obj[k]));
 
 export const me = Number(document.body.dataset.user || 0);
+
+// The platform module's stand-ins for messages without text, in the viewer's language
+// (the same list as the server's `readable` filter).
+const PLACEHOLDERS = {
+  "[Empty message]": gettext("[Empty message]"),
+  "[Image]": gettext("[Image]"),
+  "[Audio]": gettext("[Audio]"),
+  "[Voice message]": gettext("[Voice message]"),
+  "[Video]": gettext("[Video]"),
+  "[Document]": gettext("[Document]"),
+  "[Sticker]": gettext("[Sticker]"),
+  "[Location]": gettext("[Location]"),
+  "[Contact]": gettext("[Contact]"),
+  "[Interactive reply]": gettext("[Interactive reply]"),
+  "[Button reply]": gettext("[Button reply]"),
+  "Reaction removed": gettext("Reaction removed"),
+  "[Order]": gettext("[Order]"),
+  "[System message]": gettext("[System message]"),
+  "[Unsupported message type]": gettext("[Unsupported message type]"),
+};
+export function readable(text) { return PLACEHOLDERS[text] || text; }
 const zone = document.body.dataset.tz || "UTC";
 
 function el(tag, attrs = {}, ...children) {
@@ -67,7 +88,7 @@ export function conversationRow(c, currentId) {
         el("strong", { class: "name", dir: "auto", text: c.contact.name }),
         el("time", { datetime: c.last_message_at || "", text: when(c.last_message_at) })),
       el("span", { class: "row-mid" },
-        el("span", { class: "preview", dir: "auto", text: c.last_message_preview }),
+        el("span", { class: "preview", dir: "auto", text: readable(c.last_message_preview) }),
         c.unread_count ? el("span", { class: "badge", "aria-label": gettext("unread"), text: String(c.unread_count) }) : null),
       meta));
   const classes = ["row"];
@@ -116,7 +137,7 @@ export function message(m, quoteText) {
       text: `📍 ${m.text}`,
     }));
   } else if (!(MEDIA_KINDS.has(m.kind) && m.text.startsWith("[") && !(m.data && m.data.caption))) {
-    item.append(el("p", { class: "text", dir: "auto", text: m.text }));
+    item.append(el("p", { class: "text", dir: "auto", text: readable(m.text) }));
   }
   // The customer's own time for inbound messages (a late delivery keeps its real time).
   const at = m.platform_timestamp || m.created_at;
