@@ -34,7 +34,7 @@ from madoguchi.providers.base import (
 )
 from madoguchi.queries.serialize import conversation_json, message_json
 from madoguchi.realtime import wakeup
-from madoguchi.realtime.publish import publish_on_commit
+from madoguchi.realtime.publish import has_audience, publish_on_commit
 from madoguchi.rules.access import recipients_for
 from madoguchi.rules.routing import sticky_assignee
 
@@ -512,6 +512,8 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
         )
 
     # Real-time events, to the people allowed to see each conversation.
+    if not has_audience():
+        return messages
     fresh_rows = {
         c.pk: c
         for c in Conversation.objects.filter(pk__in=list(per_conversation)).select_related(

@@ -48,6 +48,15 @@ def remove_listener(listener: Callable[[dict[str, Any], list[int]], None]) -> No
             _listeners.remove(listener)
 
 
+def has_audience() -> bool:
+    """Whether an event published from here can reach anyone: a socket of this process, another
+    process through the channel layer, or a listener. Lets bulk paths skip building events that
+    would be dropped (a worker process without Redis)."""
+    if _listeners or (_server_loop is not None and _server_loop.is_running()):
+        return True
+    return not isinstance(get_channel_layer(), InMemoryChannelLayer)
+
+
 def publish_on_commit(event: dict[str, Any], user_ids: Iterable[int]) -> None:
     recipients = sorted(set(user_ids))
     transaction.on_commit(lambda: publish(event, recipients))
