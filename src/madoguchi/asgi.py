@@ -21,7 +21,7 @@ from django.urls import path  # noqa: E402
 from starlette.staticfiles import StaticFiles  # noqa: E402
 
 from madoguchi.realtime.consumers import EventsConsumer  # noqa: E402
-from madoguchi.realtime.publish import register_server_loop  # noqa: E402
+from madoguchi.realtime.publish import register_server_loop, relay_from_redis  # noqa: E402
 from madoguchi.views.webhooks import webhook_app  # noqa: E402
 
 static_app = StaticFiles(directory=settings.PACKAGE_DIR / "static")
@@ -58,10 +58,14 @@ class InProcessWorker:
 
 async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     worker: InProcessWorker | None = None
+    relay: asyncio.Task[None] | None = None
+    stop_relay = asyncio.Event()
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             register_server_loop(asyncio.get_running_loop())
+            if settings.REDIS_URL:
+                relay = asyncio.get_running_loop().create_task(relay_from_redis(stop_relay))
             if os.environ.get("MADOGUCHI_INPROCESS_WORKER", "") == "1":
                 worker = InProcessWorker()
                 worker.start()
@@ -69,6 +73,9 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
         elif message["type"] == "lifespan.shutdown":
             if worker is not None:
                 await asyncio.to_thread(worker.shutdown)
+            if relay is not None:
+                stop_relay.set()
+                relay.cancel()
             register_server_loop(None)
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -1,19 +1,25 @@
-"""The one WebSocket per browser tab: session- or token-authenticated, per-user group."""
+"""The one WebSocket per browser tab: session- or token-authenticated."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from .publish import user_group
+from . import publish
 
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):
     """Pushes the events that actions addressed to this user (recipients are computed by
-    permission when the event is published). Sends ``{"type": "hello"}`` first; the browser then
-    re-fetches state, since events missed during a disconnect are not replayed."""
+    permission when the event is published; see realtime.publish for the delivery). Sends
+    ``{"type": "hello"}`` first; the browser then re-fetches state, since events missed during a
+    disconnect are not replayed. ``{"type": "resync"}`` later means the same."""
+
+    # Events do not travel through a channel layer (see realtime.publish): no layer, so a
+    # socket opens even while Redis is away.
+    channel_layer_alias = "madoguchi-no-layer"
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -22,10 +28,9 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_active:
             await self.close(code=4401)
             return
-        self.user = user
-        self.group = user_group(user.pk)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        self.user_id = user.pk
         await self.accept()
+        publish.register_socket(self.user_id, self)
         await self.send_json({"type": "hello", "user": user.pk})
 
     @database_sync_to_async
@@ -38,13 +43,14 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         return None
 
     async def disconnect(self, code: int) -> None:
-        group = getattr(self, "group", None)
-        if group:
-            await self.channel_layer.group_discard(group, self.channel_name)
+        user_id = getattr(self, "user_id", None)
+        if user_id is not None:
+            publish.unregister_socket(user_id, self)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})
 
-    async def madoguchi_event(self, message: dict[str, Any]) -> None:
-        await self.send_json(message["event"])
+    def push(self, event: dict[str, Any]) -> None:
+        """Called on the server loop by realtime.publish; sends in the order called."""
+        asyncio.get_running_loop().create_task(self.send_json(event))

@@ -1,39 +1,78 @@
-"""The only publisher of real-time events.
+"""The only publisher of real-time events, and their delivery to sockets.
 
 Actions call ``publish_on_commit``: nothing reaches a browser unless the change it describes was
-committed. Events go to per-user groups (``user.<id>``), to the users the action computed as
-allowed to see them (STYLE §2), never broadcast.
+committed. Each event carries the ids of the users allowed to see it (computed by the action,
+STYLE §2); it is never broadcast.
 
-The server process registers its event loop at start-up; code running in other threads of that
-process (the in-process worker, sync views) hands events to that loop. A separate worker process
-has no such loop and sends through the channel layer directly (Redis when ``REDIS_URL`` is set).
+Delivery costs one message per event, whatever the number of recipients:
+- in one process (no ``REDIS_URL``), the event goes straight to this process's sockets of those
+  users (a registry kept by the consumers, on the server's event loop);
+- with Redis, the event and its recipient list are published once on one Redis channel; every
+  server process subscribes to it and delivers to its own sockets of those users. When its
+  subscription was interrupted, a server tells its sockets to re-fetch (events may be lost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 from django.db import transaction
 
 log = logging.getLogger(__name__)
+
+CHANNEL = "madoguchi:events"
 
 _server_loop: asyncio.AbstractEventLoop | None = None
 _listeners: list[Callable[[dict[str, Any], list[int]], None]] = []
 _listeners_lock = threading.Lock()
 
 
-def user_group(user_id: int) -> str:
-    return f"user.{user_id}"
+class Socket(Protocol):
+    def push(self, event: dict[str, Any]) -> None: ...
+
+
+# user id -> this process's open sockets of that user. Touched only on the server loop.
+_sockets: dict[int, set[Socket]] = {}
 
 
 def register_server_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     global _server_loop
     _server_loop = loop
+
+
+def register_socket(user_id: int, socket: Socket) -> None:
+    _sockets.setdefault(user_id, set()).add(socket)
+
+
+def unregister_socket(user_id: int, socket: Socket) -> None:
+    sockets = _sockets.get(user_id)
+    if sockets is not None:
+        sockets.discard(socket)
+        if not sockets:
+            del _sockets[user_id]
+
+
+def open_sockets() -> int:
+    return sum(len(s) for s in _sockets.values())
+
+
+def deliver_local(event: dict[str, Any], user_ids: Iterable[int]) -> None:
+    """On the server loop: hand the event to this process's sockets of those users."""
+    for user_id in user_ids:
+        for socket in tuple(_sockets.get(user_id, ())):
+            socket.push(event)
+
+
+def deliver_everywhere_local(event: dict[str, Any]) -> None:
+    for sockets in tuple(_sockets.values()):
+        for socket in tuple(sockets):
+            socket.push(event)
 
 
 def add_listener(listener: Callable[[dict[str, Any], list[int]], None]) -> None:
@@ -48,13 +87,15 @@ def remove_listener(listener: Callable[[dict[str, Any], list[int]], None]) -> No
             _listeners.remove(listener)
 
 
+def server_running() -> bool:
+    return _server_loop is not None and _server_loop.is_running()
+
+
 def has_audience() -> bool:
     """Whether an event published from here can reach anyone: a socket of this process, another
-    process through the channel layer, or a listener. Lets bulk paths skip building events that
-    would be dropped (a worker process without Redis)."""
-    if _listeners or (_server_loop is not None and _server_loop.is_running()):
-        return True
-    return not isinstance(get_channel_layer(), InMemoryChannelLayer)
+    process through Redis, or a listener. Lets bulk paths skip building events that would be
+    dropped (a worker process without Redis)."""
+    return bool(_listeners) or server_running() or bool(settings.REDIS_URL)
 
 
 def publish_on_commit(event: dict[str, Any], user_ids: Iterable[int]) -> None:
@@ -62,34 +103,20 @@ def publish_on_commit(event: dict[str, Any], user_ids: Iterable[int]) -> None:
     transaction.on_commit(lambda: publish(event, recipients))
 
 
-async def send_to_groups(event: dict[str, Any], user_ids: list[int]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    message = {"type": "madoguchi.event", "event": event}
-    try:
-        for user_id in user_ids:
-            await layer.group_send(user_group(user_id), message)
-    except Exception:  # a dead Redis must not undo a committed change
-        log.warning("real-time publish failed for %s", event.get("type"), exc_info=True)
+_redis = None
+_redis_lock = threading.Lock()
 
 
-_background_loop: asyncio.AbstractEventLoop | None = None
-_background_lock = threading.Lock()
+def redis_client() -> Any:
+    global _redis
+    with _redis_lock:
+        if _redis is None:
+            import redis
 
-
-def background_loop() -> asyncio.AbstractEventLoop:
-    """A process without a server (a worker) sends through one long-lived loop of its own,
-    rather than building an event loop (and a Redis connection) for every event."""
-    global _background_loop
-    with _background_lock:
-        if _background_loop is None:
-            loop = asyncio.new_event_loop()
-            threading.Thread(
-                target=loop.run_forever, name="madoguchi-publisher", daemon=True
-            ).start()
-            _background_loop = loop
-        return _background_loop
+            _redis = redis.Redis.from_url(
+                settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0
+            )
+        return _redis
 
 
 def publish(event: dict[str, Any], user_ids: list[int]) -> None:
@@ -101,16 +128,57 @@ def publish(event: dict[str, Any], user_ids: list[int]) -> None:
         listener(event, user_ids)
     if not user_ids:
         return
+    if settings.REDIS_URL:
+        try:
+            redis_client().publish(CHANNEL, json.dumps({"event": event, "users": user_ids}))
+        except Exception:  # a dead Redis must not undo a committed change
+            log.warning("real-time publish failed for %s", event.get("type"), exc_info=True)
+        return
     loop = _server_loop
     if loop is None or not loop.is_running():
-        if isinstance(get_channel_layer(), InMemoryChannelLayer):
-            return  # no socket can be held by this process, and no layer reaches another one
-        loop = background_loop()
+        return  # no socket can be held by this process, and nothing reaches another one
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
     if running is loop:
-        loop.create_task(send_to_groups(event, user_ids))
+        deliver_local(event, user_ids)
     else:
-        asyncio.run_coroutine_threadsafe(send_to_groups(event, user_ids), loop)
+        loop.call_soon_threadsafe(deliver_local, event, user_ids)
+
+
+async def relay_from_redis(stop: asyncio.Event) -> None:
+    """In a server process with Redis: deliver every published event to this process's sockets.
+    After an interruption, sockets are told to re-fetch their state (events may have been lost)."""
+    import redis.asyncio as aioredis
+
+    interrupted = False
+    while not stop.is_set():
+        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+        try:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(CHANNEL)
+            if interrupted:
+                deliver_everywhere_local({"type": "resync"})
+                interrupted = False
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                try:
+                    data = json.loads(message["data"])
+                    deliver_local(data["event"], data["users"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("unreadable real-time message ignored")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if not interrupted:
+                log.warning("real-time relay lost Redis; retrying", exc_info=True)
+            interrupted = True
+            await asyncio.sleep(1.0)
+        finally:
+            try:
+                await client.aclose()
+            except Exception:
+                log.debug("closing the Redis client failed", exc_info=True)

@@ -24,6 +24,7 @@ export function connect({ onEvent, onResync, onState }) {
         connectedBefore = true;
         return;
       }
+      if (event.type === "resync") { onResync(); return; }  // the server may have missed events
       if (event.type !== "pong") onEvent(event);
     });
     socket.addEventListener("close", () => {
