@@ -187,17 +187,9 @@ def append_results(results: list[Result], mode: str, notes: list[str]) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
-def dump(results: list[Result]) -> str:
-    return json.dumps([dataclasses.asdict(r) for r in results], indent=1)
-
-
 def print_results(results: list[Result]) -> None:
     for r in results:
         print(r.line(), flush=True)
-
-
-def load_json(path: Path) -> Any:
-    return json.loads(path.read_text())
 
 
 def create_channel(db: Database) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -197,16 +196,6 @@ def events() -> Iterator[EventLog]:
     add_listener(log)
     yield log
     remove_listener(log)
-
-
-@contextmanager
-def assert_num_queries_at_most(limit: int) -> Iterator[None]:
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    with CaptureQueriesContext(connection) as ctx:
-        yield
-    assert len(ctx.captured_queries) <= limit, [q["sql"] for q in ctx.captured_queries]
 
 
 def run_async(coro: Any) -> Any:

@@ -23,10 +23,3 @@ def client() -> httpx.Client:
         )
         _local.client = existing
     return existing
-
-
-def close_thread_client() -> None:
-    existing: httpx.Client | None = getattr(_local, "client", None)
-    if existing is not None:
-        existing.close()
-        _local.client = None

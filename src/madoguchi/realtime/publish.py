@@ -24,6 +24,8 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db import transaction
 
+from . import redisconn
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "madoguchi:events"
@@ -56,10 +58,6 @@ def unregister_socket(user_id: int, socket: Socket) -> None:
         sockets.discard(socket)
         if not sockets:
             del _sockets[user_id]
-
-
-def open_sockets() -> int:
-    return sum(len(s) for s in _sockets.values())
 
 
 def deliver_local(event: dict[str, Any], user_ids: Iterable[int]) -> None:
@@ -103,22 +101,6 @@ def publish_on_commit(event: dict[str, Any], user_ids: Iterable[int]) -> None:
     transaction.on_commit(lambda: publish(event, recipients))
 
 
-_redis = None
-_redis_lock = threading.Lock()
-
-
-def redis_client() -> Any:
-    global _redis
-    with _redis_lock:
-        if _redis is None:
-            import redis
-
-            _redis = redis.Redis.from_url(
-                settings.REDIS_URL, socket_timeout=1.0, socket_connect_timeout=1.0
-            )
-        return _redis
-
-
 def publish(event: dict[str, Any], user_ids: list[int]) -> None:
     """Send now (after commit). Failures are logged, never raised: the socket is not the record,
     and browsers re-fetch state after a gap."""
@@ -130,7 +112,7 @@ def publish(event: dict[str, Any], user_ids: list[int]) -> None:
         return
     if settings.REDIS_URL:
         try:
-            redis_client().publish(CHANNEL, json.dumps({"event": event, "users": user_ids}))
+            redisconn.client().publish(CHANNEL, json.dumps({"event": event, "users": user_ids}))
         except Exception:  # a dead Redis must not undo a committed change
             log.warning("real-time publish failed for %s", event.get("type"), exc_info=True)
         return

@@ -12,31 +12,19 @@ import threading
 
 from django.conf import settings
 
+from . import redisconn
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "madoguchi:wakeup"
 local_event = threading.Event()
-_redis = None
-_redis_lock = threading.Lock()
-
-
-def redis_client():  # pragma: no cover - exercised with REDIS_URL in the scale-out tests
-    global _redis
-    with _redis_lock:
-        if _redis is None:
-            import redis
-
-            _redis = redis.Redis.from_url(
-                settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5
-            )
-        return _redis
 
 
 def notify() -> None:
     local_event.set()
     if settings.REDIS_URL:
         try:
-            redis_client().publish(CHANNEL, b"1")
+            redisconn.client().publish(CHANNEL, b"1")
         except Exception:
             log.debug("wake-up publish failed; workers will poll", exc_info=True)
 
