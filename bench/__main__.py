@@ -4,10 +4,22 @@ each figure with its ratio to a baseline measured in the same run, append to ben
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 import time
 
 from .common import Result, append_results, print_results
+
+# Each benchmark is a module with run(kind: "sqlite"|"postgres", quick: bool) -> list[Result].
+PLAN = [
+    ("B1", "b1_ingest"),
+    ("B2", "b2_processing"),
+    ("B3", "b3_latency"),
+    ("B4", "b4_inbox"),
+    ("B5", "b5_outbound"),
+    ("B6", "b6_sockets"),
+]
 
 
 def main() -> None:
@@ -20,15 +32,14 @@ def main() -> None:
     only = {b.strip().upper() for b in args.only.split(",") if b.strip()}
     databases = [d.strip() for d in args.db.split(",") if d.strip()]
 
-    from . import b1_ingest, b2_processing, b4_inbox
-
-    plan = [("B1", b1_ingest.run), ("B2", b2_processing.run), ("B4", b4_inbox.run)]
+    plan = [(name, module) for name, module in PLAN if importlib.util.find_spec(f"bench.{module}")]
     results: list[Result] = []
     notes: list[str] = []
     started = time.monotonic()
-    for name, bench in plan:
+    for name, module in plan:
         if only and name not in only:
             continue
+        bench = importlib.import_module(f"bench.{module}").run
         for kind in databases:
             print(f"== {name} on {kind}", flush=True)
             try:

@@ -121,7 +121,54 @@ class PlatformNotice:
     error: PlatformError
 
 
-InboundEvent = InboundMessage | StatusUpdate | TemplateStatusUpdate | PlatformNotice
+@dataclass(frozen=True)
+class SubscriptionUpdate:
+    """A contact's standing with the business account changed (Viber: subscribed, unsubscribed,
+    conversation_started). ``subscribed`` is None when the event says nothing about it
+    (conversation_started from a user who has not subscribed yet)."""
+
+    business_handle: str
+    contact_handle: str
+    contact_name: str
+    subscribed: bool | None
+    timestamp: datetime
+
+
+@dataclass(frozen=True)
+class ReceiptWatermark:
+    """Every message the business sent to ``recipient_handle`` at or before ``watermark`` has
+    reached ``status`` (Messenger's delivery and read watermarks)."""
+
+    business_handle: str
+    recipient_handle: str
+    status: Literal["delivered", "read"]
+    watermark: datetime
+
+
+@dataclass(frozen=True)
+class OutboundEcho:
+    """A message the business account sent from outside Madoguchi (another app, the platform's
+    own inbox), reported back by the platform; stored as an outbound message. Echoes of
+    Madoguchi's own sends are dropped by the provider and never reach the core."""
+
+    platform_message_id: str
+    business_handle: str
+    recipient_handle: str
+    timestamp: datetime
+    kind: MessageKind
+    text: str
+    media: MediaRef | None = None
+
+
+InboundEvent = (
+    InboundMessage
+    | StatusUpdate
+    | TemplateStatusUpdate
+    | PlatformNotice
+    | SubscriptionUpdate
+    | ReceiptWatermark
+    | OutboundEcho
+)
 
 
 @dataclass(frozen=True)
@@ -136,6 +183,13 @@ class Capabilities:
     max_text_length: int = 4096
     # Media kinds that can carry a caption (others refuse one rather than drop it).
     caption_kinds: frozenset[str] = frozenset({"image", "video", "document"})
+    # Messenger: hours after the latest inbound message during which a tagged send (HUMAN_AGENT)
+    # is still allowed, when the channel's options say the page may use the tag.
+    tagged_window_hours: int | None = None
+    # Viber: the business may message only contacts who are subscribed to it.
+    requires_subscription: bool = False
+    # Where the platform sends webhooks; False for channels that are polled (email).
+    has_webhooks: bool = True
 
 
 @dataclass(frozen=True)
@@ -198,6 +252,9 @@ class ChannelConfig:
     display_handle: str = ""
     api_base: str = ""
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    # Non-secret per-channel settings (e.g. {"human_agent_tag": True}, a Viber welcome text,
+    # an email channel's hosts and ports).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,13 +301,34 @@ class Provider:
         this platform's payload at all. Item-level problems are the worker's to handle."""
         self.parse_webhook(body)
 
+    def webhook_response(self, body: bytes) -> bytes | None:
+        """The JSON body to answer a verified webhook with, when the platform reads one (Viber's
+        welcome message in reply to conversation_started); None answers an empty 200. Pure and
+        cheap: it runs on the hot path, after the body was stored."""
+        return None
+
+    # -- set-up ----------------------------------------------------------------------------
+    def check_credentials(self) -> dict[str, str]:
+        """Call the platform once to prove the credentials work, before the channel is saved;
+        returns what the platform says about the account (e.g. {"name": ...}). Raises
+        SendError (permanent for bad credentials)."""
+        raise NotImplementedError
+
+    def register_webhook(self, url: str) -> None:
+        """Tell the platform where to send webhooks (Viber's set_webhook). A no-op where this is
+        done in the platform's dashboard. Raises SendError."""
+
     def fetch_media(self, media: MediaRef, destination: str, *, kind: str = "") -> StoredMedia:
         """Download inbound media into MEDIA_ROOT/destination; MediaTooLarge past the limit of
         its ``kind`` (image, sticker, ...)."""
         raise NotImplementedError
 
     # -- outbound ------------------------------------------------------------------------
-    def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> SentMessage:
+    def send_text(
+        self, to: str, text: str, *, reply_to: str | None = None, tag: str | None = None
+    ) -> SentMessage:
+        """Send free-form text. ``tag``: the window rule's tag for a send outside the ordinary
+        window (Messenger's HUMAN_AGENT), None inside it; providers without tags ignore it."""
         raise NotImplementedError
 
     def send_media(
@@ -263,8 +341,10 @@ class Provider:
         filename: str = "",
         caption: str = "",
         reply_to: str | None = None,
+        tag: str | None = None,
     ) -> SentMessage:
-        """Upload the file at MEDIA_ROOT/path, then send it by the platform's media id."""
+        """Upload the file at MEDIA_ROOT/path, then send it by the platform's media id (or as
+        the platform takes files). ``tag`` as for send_text."""
         raise NotImplementedError
 
     def send_template(self, to: str, template: dict[str, Any]) -> SentMessage:

@@ -188,7 +188,9 @@ class WhatsAppProvider(Provider):
             platform_message_id=message_id, recipient_handle=str(contacts[0].get("wa_id", ""))
         )
 
-    def send_text(self, to: str, text: str, *, reply_to: str | None = None) -> SentMessage:
+    def send_text(
+        self, to: str, text: str, *, reply_to: str | None = None, tag: str | None = None
+    ) -> SentMessage:
         return self.send_body(wire.text_body(to, text, reply_to=reply_to))
 
     def upload_media(self, path: str, mime_type: str, filename: str) -> str:
@@ -212,6 +214,7 @@ class WhatsAppProvider(Provider):
         filename: str = "",
         caption: str = "",
         reply_to: str | None = None,
+        tag: str | None = None,
     ) -> SentMessage:
         media_id = self.upload_media(path, mime_type, filename)
         body = wire.media_body(
