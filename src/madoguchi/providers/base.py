@@ -63,6 +63,9 @@ class PlatformError:
     code: int
     title: str = ""
     details: str = ""
+    # The platform's finer code where one code covers several causes (Messenger's code 10 is
+    # both "outside the messaging window" with subcode 2018278 and a missing permission).
+    subcode: int | None = None
 
 
 @dataclass(frozen=True)
