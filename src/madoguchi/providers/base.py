@@ -135,6 +135,9 @@ class SubscriptionUpdate:
     contact_name: str
     subscribed: bool | None
     timestamp: datetime
+    # Where the contact came from, when the platform says (Viber: the ``context`` of the deep
+    # link that opened the conversation); "" otherwise.
+    context: str = ""
 
 
 @dataclass(frozen=True)
