@@ -153,24 +153,3 @@ def assignment_history(user: User, conversation: Conversation) -> list[AuditEven
         .select_related("actor")
         .order_by("id")
     )
-
-
-def search(user: User, text: str, *, limit: int = 30) -> tuple[list[Conversation], list[Message]]:
-    """Conversations whose contact matches ``text`` (name or handle), and messages containing it,
-    both only where ``user`` may read, most recent first."""
-    text = text.strip()
-    if len(text) < 2:
-        return [], []
-    readable = conversations_for(user)
-    by_contact = list(
-        readable.filter(
-            Q(contact__name__icontains=text) | Q(identity__handle__contains=text)
-        ).order_by("-last_message_at", "-id")[:limit]
-    )
-    messages = list(
-        Message.objects.filter(conversation__in=readable.values("pk"), text__icontains=text)
-        .exclude(kind="note", author__isnull=True)
-        .select_related("conversation__contact", "conversation__channel", "author")
-        .order_by("-id")[:limit]
-    )
-    return by_contact, messages

@@ -19,6 +19,7 @@ from madoguchi.errors import NotFound
 from madoguchi.models import CannedReply, Channel, Conversation, Message, Team, Template, User
 from madoguchi.providers.registry import provider_class
 from madoguchi.queries import conversations as queries
+from madoguchi.queries.search import search as search_inbox
 from madoguchi.queries.serialize import conversation_json, message_json, user_json
 
 VIEWS = {"mine": "me", "unassigned": "none", "all": None}
@@ -198,7 +199,7 @@ def thread_fragment(request: HttpRequest, conversation_id: int) -> HttpResponse:
 @require_GET
 def search(request: HttpRequest) -> HttpResponse:
     text = request.GET.get("q", "")
-    conversations, messages = queries.search(request.user, text)
+    conversations, messages = search_inbox(request.user, text)
     return render(
         request,
         "madoguchi/search.html",
