@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 # Every test run gets its own data directory (secret key, media, SQLite files).
 os.environ.setdefault("MADOGUCHI_DATA_DIR", tempfile.mkdtemp(prefix="madoguchi-test-"))
 os.environ.setdefault("MADOGUCHI_RETRY_BASE_SECONDS", "0.05")
@@ -23,3 +25,14 @@ def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]
     if skipped and session.exitstatus == 0:
         print(f"\n{skipped} tests were skipped: failing (MADOGUCHI_FAIL_ON_SKIP=1)")
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> None:
+    """A PostgreSQL test database of this run's own: two runs on one server (developers working
+    side by side) must never drop each other's database."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("postgresql"):
+        database.setdefault("TEST", {})["NAME"] = f"test_madoguchi_{os.getpid()}"

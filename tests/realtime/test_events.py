@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import timedelta
 
 import pytest
 import websockets
 from django.db import transaction
+from django.utils import timezone
 
 from madoguchi.models import Visibility
 from tests.helpers import run_async
@@ -122,3 +125,38 @@ def test_the_websocket_refuses_an_anonymous_connection(server, users):
         return None
 
     assert run_async(scenario()) in (403, 4401)
+
+
+def test_a_batch_of_bodies_announces_each_conversation_as_stored(
+    server, channel, worker, users, events
+):
+    """The worker's bulk path builds its events from the rows it locked: what the browser is
+    told must equal what a re-read of the database says."""
+    from madoguchi.models import Conversation
+    from madoguchi.queries.serialize import conversation_json
+    from tests.helpers import post_webhook, text_payload
+
+    now = int(time.time())
+    post_webhook(server, channel, text_payload("447700900001", "Ada", "first", timestamp=now - 5))
+    worker.run_until_idle()
+    snoozed = Conversation.objects.get(identity__handle="447700900001")
+    snoozed.status, snoozed.snoozed_until = "snoozed", timezone.now() + timedelta(hours=1)
+    snoozed.save(update_fields=["status", "snoozed_until"])
+    events.events.clear()
+    for n, (wa_id, name) in enumerate(
+        [("447700900001", "Ada"), ("447700900002", "Bo"), ("447700900001", "Ada")]
+    ):
+        body = text_payload(wa_id, name, f"message {n}", timestamp=now + n)
+        assert post_webhook(server, channel, body).status_code == 200
+    worker.run_until_idle()
+
+    announced = {
+        e["conversation"]["id"]: e["conversation"] for e, _ in events.of_type("conversation")
+    }
+    stored = Conversation.objects.select_related("channel", "contact", "identity", "assignee")
+    assert len(announced) == 2
+    for conversation in stored:
+        assert announced[conversation.pk] == conversation_json(conversation)
+    assert announced[snoozed.pk]["status"] == "open"
+    assert announced[snoozed.pk]["unread_count"] == 3
+    assert announced[snoozed.pk]["last_message_preview"] == "message 2"

@@ -379,11 +379,14 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
             [(adapt(ts), identities[h].pk, adapt(ts)) for h, ts in latest.items()],
         )
 
-    # Their active conversations, opened (sticky to the owner) where there is none.
+    # Their active conversations, locked while they change (PostgreSQL; SQLite's write
+    # transaction is exclusive anyway), and opened (sticky to the owner) where there is none.
+    # The locked rows are current, so the events below are built from them without a re-read.
     identity_ids = [i.pk for i in identities.values()]
     active = {
         c.identity_id: c
-        for c in Conversation.objects.filter(identity_id__in=identity_ids)
+        for c in Conversation.objects.select_for_update(of=("self",))
+        .filter(identity_id__in=identity_ids)
         .exclude(status="resolved")
         .select_related("assignee")
     }
@@ -415,13 +418,17 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
                 for c in opened
             ]
         )
-    # Locked while they change (PostgreSQL; SQLite's write transaction is exclusive anyway).
-    locked = {
-        row.pk: row
-        for row in Conversation.objects.select_for_update()
-        .filter(pk__in=[c.pk for c in active.values()])
-        .only("pk", "status", "unread_count", "last_message_at")
-    }
+    by_identity = {i.pk: i for i in identities.values()}
+    for conversation in active.values():
+        identity = by_identity[conversation.identity_id]
+        conversation.channel = channel
+        conversation.identity = identity
+        conversation.contact = identity.contact
+        if identity.handle in latest and (
+            identity.last_inbound_at is None or identity.last_inbound_at < latest[identity.handle]
+        ):
+            identity.last_inbound_at = latest[identity.handle]
+    locked = {c.pk: c for c in active.values()}
 
     targets = {
         clean(m.reply_to_platform_id or m.reaction_to_platform_id or "", 255) for _p, m in todo
@@ -491,6 +498,7 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
         row.unread_count += len(items)
         if moves:
             row.last_message_at = newest.platform_timestamp
+            row.last_message_preview = newest.text[:PREVIEW_LENGTH]
         updates.append(
             (
                 row.unread_count,
@@ -502,6 +510,7 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
         )
         if row.status == "snoozed":
             row.status = "open"
+            row.snoozed_until = None
     with connection.cursor() as cursor:
         cursor.executemany(
             "UPDATE madoguchi_conversation SET unread_count = %s, last_message_at = %s,"
@@ -514,15 +523,9 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
     # Real-time events, to the people allowed to see each conversation.
     if not has_audience():
         return messages
-    fresh_rows = {
-        c.pk: c
-        for c in Conversation.objects.filter(pk__in=list(per_conversation)).select_related(
-            "channel", "contact", "identity", "assignee"
-        )
-    }
     audience: dict[tuple[Any, ...], list[int]] = {}
     for conversation_id, items in per_conversation.items():
-        conversation = fresh_rows[conversation_id]
+        conversation = locked[conversation_id]
         key = (conversation.channel_id, conversation.team_id, conversation.assignee_id)
         if key not in audience:
             audience[key] = recipients_for(conversation)

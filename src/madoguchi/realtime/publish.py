@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from . import redisconn
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "madoguchi:events"
+CHANNEL = "events"  # on Redis: redisconn.channel_name(CHANNEL)
 
 _server_loop: asyncio.AbstractEventLoop | None = None
 _listeners: list[Callable[[dict[str, Any], list[int]], None]] = []
@@ -36,7 +37,8 @@ _listeners_lock = threading.Lock()
 
 
 class Socket(Protocol):
-    def push(self, event: dict[str, Any]) -> None: ...
+    def push(self, text: str) -> None:
+        """Queue an encoded event (JSON text) for sending, in order; never blocks."""
 
 
 # user id -> this process's open sockets of that user. Touched only on the server loop.
@@ -61,16 +63,24 @@ def unregister_socket(user_id: int, socket: Socket) -> None:
 
 
 def deliver_local(event: dict[str, Any], user_ids: Iterable[int]) -> None:
-    """On the server loop: hand the event to this process's sockets of those users."""
+    """On the server loop: hand the event to this process's sockets of those users. The event is
+    encoded once, whatever the number of sockets."""
+    text = None
     for user_id in user_ids:
-        for socket in tuple(_sockets.get(user_id, ())):
-            socket.push(event)
+        sockets = _sockets.get(user_id)
+        if not sockets:
+            continue
+        if text is None:
+            text = json.dumps(event)
+        for socket in tuple(sockets):
+            socket.push(text)
 
 
 def deliver_everywhere_local(event: dict[str, Any]) -> None:
+    text = json.dumps(event)
     for sockets in tuple(_sockets.values()):
         for socket in tuple(sockets):
-            socket.push(event)
+            socket.push(text)
 
 
 def add_listener(listener: Callable[[dict[str, Any], list[int]], None]) -> None:
@@ -111,10 +121,8 @@ def publish(event: dict[str, Any], user_ids: list[int]) -> None:
     if not user_ids:
         return
     if settings.REDIS_URL:
-        try:
-            redisconn.client().publish(CHANNEL, json.dumps({"event": event, "users": user_ids}))
-        except Exception:  # a dead Redis must not undo a committed change
-            log.warning("real-time publish failed for %s", event.get("type"), exc_info=True)
+        _redis_outbox.put(json.dumps({"event": event, "users": user_ids}))
+        _ensure_redis_publisher()
         return
     loop = _server_loop
     if loop is None or not loop.is_running():
@@ -129,6 +137,51 @@ def publish(event: dict[str, Any], user_ids: list[int]) -> None:
         loop.call_soon_threadsafe(deliver_local, event, user_ids)
 
 
+# Events bound for Redis leave through one publisher thread: the committing thread (a worker
+# applying a batch of a hundred messages makes two hundred events) never waits for Redis, and
+# whatever piles up while one round trip is under way goes out in the next pipeline, in order.
+_redis_outbox: queue.SimpleQueue[str] = queue.SimpleQueue()
+_redis_publisher: threading.Thread | None = None
+_redis_publisher_lock = threading.Lock()
+REDIS_PIPELINE_MAX = 500
+
+
+def _ensure_redis_publisher() -> None:
+    global _redis_publisher
+    if _redis_publisher is not None:
+        return
+    with _redis_publisher_lock:
+        if _redis_publisher is None:
+            _redis_publisher = threading.Thread(
+                target=_publish_to_redis_forever, name="madoguchi-redis-publisher", daemon=True
+            )
+            _redis_publisher.start()
+
+
+def _publish_to_redis_forever() -> None:
+    while True:
+        batch = [_redis_outbox.get()]
+        while len(batch) < REDIS_PIPELINE_MAX:
+            try:
+                batch.append(_redis_outbox.get_nowait())
+            except queue.Empty:
+                break
+        publish_batch_to_redis(batch)
+
+
+def publish_batch_to_redis(payloads: list[str]) -> None:
+    """One round trip for many events. Failures are logged, never raised: a dead Redis must
+    not undo a committed change, and browsers re-fetch after a gap."""
+    try:
+        pipe = redisconn.client().pipeline(transaction=False)
+        name = redisconn.channel_name(CHANNEL)
+        for payload in payloads:
+            pipe.publish(name, payload)
+        pipe.execute()
+    except Exception:
+        log.warning("real-time publish of %s events failed", len(payloads), exc_info=True)
+
+
 async def relay_from_redis(stop: asyncio.Event) -> None:
     """In a server process with Redis: deliver every published event to this process's sockets.
     After an interruption, sockets are told to re-fetch their state (events may have been lost)."""
@@ -139,7 +192,7 @@ async def relay_from_redis(stop: asyncio.Event) -> None:
         client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
         try:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(redisconn.channel_name(CHANNEL))
             if interrupted:
                 deliver_everywhere_local({"type": "resync"})
                 interrupted = False

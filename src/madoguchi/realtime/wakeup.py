@@ -16,7 +16,7 @@ from . import redisconn
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "madoguchi:wakeup"
+CHANNEL = "wakeup"  # on Redis: redisconn.channel_name(CHANNEL)
 local_event = threading.Event()
 
 
@@ -24,7 +24,7 @@ def notify() -> None:
     local_event.set()
     if settings.REDIS_URL:
         try:
-            redisconn.client().publish(CHANNEL, b"1")
+            redisconn.client().publish(redisconn.channel_name(CHANNEL), b"1")
         except Exception:
             log.debug("wake-up publish failed; workers will poll", exc_info=True)
 
@@ -42,7 +42,7 @@ def listen(stop: threading.Event) -> threading.Thread | None:
             try:
                 client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
+                pubsub.subscribe(redisconn.channel_name(CHANNEL))
                 while not stop.is_set():
                     if pubsub.get_message(timeout=1.0) is not None:
                         local_event.set()
