@@ -20,7 +20,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 from starlette.staticfiles import StaticFiles  # noqa: E402
 
-from madoguchi.realtime.consumers import EventsConsumer  # noqa: E402
+from madoguchi.realtime.consumers import RAW_SEND, EventsConsumer  # noqa: E402
 from madoguchi.realtime.publish import register_server_loop, relay_from_redis  # noqa: E402
 from madoguchi.views.webhooks import webhook_app  # noqa: E402
 
@@ -91,6 +91,6 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         else:
             await django_app(scope, receive, send)
     elif kind == "websocket":
-        await websocket_app(scope, receive, send)
+        await websocket_app({**scope, RAW_SEND: send}, receive, send)
     elif kind == "lifespan":
         await lifespan(scope, receive, send)

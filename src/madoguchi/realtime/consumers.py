@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import deque
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import publish
+
+# The ASGI server's own ``send`` for the socket, put in the scope by madoguchi.asgi: events skip
+# the session and auth middlewares' per-message wrappers (they act on HTTP responses only).
+RAW_SEND = "madoguchi.raw_send"
 
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):
@@ -30,8 +36,11 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.user_id = user.pk
         await self.accept()
+        self.outbox: deque[str] = deque()
+        self.draining: asyncio.Task[None] | None = None
+        self.raw_send = self.scope.get(RAW_SEND) or self.base_send
+        self.push(json.dumps({"type": "hello", "user": user.pk}))  # before any event
         publish.register_socket(self.user_id, self)
-        await self.send_json({"type": "hello", "user": user.pk})
 
     @database_sync_to_async
     def token_user(self) -> Any:
@@ -51,6 +60,19 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})
 
-    def push(self, event: dict[str, Any]) -> None:
-        """Called on the server loop by realtime.publish; sends in the order called."""
-        asyncio.get_running_loop().create_task(self.send_json(event))
+    def push(self, text: str) -> None:
+        """Called on the server loop by realtime.publish with an encoded event; sends in the
+        order called. One task drains the socket's queue while it is not empty (not one per
+        event), so a slow socket delays only itself."""
+        self.outbox.append(text)
+        if self.draining is None:
+            self.draining = asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        try:
+            while self.outbox:
+                await self.raw_send({"type": "websocket.send", "text": self.outbox.popleft()})
+        except Exception:  # the socket went away: disconnect() unregisters it
+            self.outbox.clear()
+        finally:
+            self.draining = None
