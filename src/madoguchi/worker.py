@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 # Bodies that keep failing (a bug, not a retry) stop being retried after this many attempts;
 # they stay stored with their error for an operator.
 RAW_EVENT_MAX_ATTEMPTS = 20
+# Bodies claimed and applied together on the busy path: a batch's fixed cost (claims, lookups,
+# one commit) is shared by more messages, while one batch stays a fraction of a second.
+RAW_EVENT_BATCH = 250
 
 
 def lease_free(now) -> Q:
@@ -251,7 +254,7 @@ class Worker:
     def run_once(self) -> int:
         """Process what is due now. Returns how many rows were handled."""
         done = 0
-        raws = self.claim_raw_events(limit=100)
+        raws = self.claim_raw_events(limit=RAW_EVENT_BATCH)
         self.process_raw_events(raws)
         done += len(raws)
         for job in self.claim_jobs():
