@@ -202,3 +202,17 @@ def test_the_search_index_is_installed(db):
         else:
             cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'msg_text_trgm'")
             assert "gin_trgm_ops" in cursor.fetchone()[0]
+
+
+@pytest.mark.parametrize("candidates", [2_000, 0])  # a narrow text, and one counted as broad
+def test_it_finds_contacts_by_name_or_handle(users, receive, channel, monkeypatch, candidates):
+    monkeypatch.setattr(search_module, "CONTACT_CANDIDATES", candidates)
+    hanako = receive("hello", wa_id="819011112222", name="佐藤花子").conversation
+    receive("hello", wa_id="819033334444", name="Ben Jones")
+    admin = users["admin"]
+    assert [c.pk for c in search(admin, "藤花")[0]] == [hanako.pk]
+    assert [c.pk for c in search(admin, "1111222")[0]] == [hanako.pk]
+    assert len(search(admin, "8190")[0]) == 2
+    channel.visibility = "assigned_only"
+    channel.save()
+    assert search(users["aiko"], "佐藤")[0] == []

@@ -1,6 +1,7 @@
 """Message search index (queries.search): substring search that does not read every message.
 
-- PostgreSQL: a GIN trigram index (pg_trgm) on ``madoguchi_message.text``; ``ILIKE '%...%'`` uses
+- PostgreSQL: GIN trigram indexes (pg_trgm) on ``madoguchi_message.text`` (and on contact names
+  and handles, for the contact half of search); ``ILIKE '%...%'`` uses
   it directly, so it stays consistent with no trigger. pg_trgm is a trusted extension: the
   database owner may create it without superuser rights. Built CONCURRENTLY (no write lock on a
   large existing table), hence a non-atomic migration.
@@ -44,8 +45,16 @@ POSTGRES_INSTALL = [
     "CREATE EXTENSION IF NOT EXISTS pg_trgm",
     "CREATE INDEX CONCURRENTLY IF NOT EXISTS msg_text_trgm ON madoguchi_message "
     "USING gin (text gin_trgm_ops)",
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS contact_name_trgm ON madoguchi_contact "
+    "USING gin (name gin_trgm_ops)",
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS identity_handle_trgm ON madoguchi_contactidentity "
+    "USING gin (handle gin_trgm_ops)",
 ]
-POSTGRES_REMOVE = ["DROP INDEX CONCURRENTLY IF EXISTS msg_text_trgm"]
+POSTGRES_REMOVE = [
+    "DROP INDEX CONCURRENTLY IF EXISTS msg_text_trgm",
+    "DROP INDEX CONCURRENTLY IF EXISTS contact_name_trgm",
+    "DROP INDEX CONCURRENTLY IF EXISTS identity_handle_trgm",
+]
 
 
 def run(statements: dict[str, list[str]]):

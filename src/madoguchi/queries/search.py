@@ -19,16 +19,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Lookup, Max, Q, QuerySet, Value
-from django.db.models.expressions import F, RawSQL
+from django.db.models.expressions import F
 
-from madoguchi.models import Conversation, Message, User
+from madoguchi.models import Contact, ContactIdentity, Conversation, Message, User
 from madoguchi.queries.conversations import conversations_for
 from madoguchi.rules.access import readable_conversations_q
 
 MIN_LENGTH = 2
 INDEXED_LENGTH = 3  # a trigram
+CONTACT_CANDIDATES = 2_000  # beyond this many matching contacts, a text is broad
 MAX_LENGTH = 200  # longer text is cut: whatever contains it contains its first 200 characters
-SHORT_WINDOW = 100_000  # the latest messages read for a query too short for the index
+SHORT_WINDOW = 20_000  # the latest messages read for a query too short for the index
 
 
 def escape_like(text: str) -> str:
@@ -73,11 +74,22 @@ def search(user: User, text: str, *, limit: int = 30) -> tuple[list[Conversation
 
 
 def search_contacts(user: User, text: str, limit: int) -> list[Conversation]:
-    return list(
-        conversations_for(user)
-        .filter(Q(contact__name__icontains=text) | Q(identity__handle__contains=text))
-        .order_by("-last_message_at", "-id")[:limit]
-    )
+    """The readable conversations of contacts whose name or handle contains ``text``."""
+    pattern = Value(f"%{escape_like(text)}%")
+    by_name = Contact.objects.filter(ContainsText(F("name"), pattern))
+    by_handle = ContactIdentity.objects.filter(ContainsText(F("handle"), pattern))
+    contact_ids = list(by_name.values_list("id", flat=True)[: CONTACT_CANDIDATES + 1])
+    identity_ids = list(by_handle.values_list("id", flat=True)[: CONTACT_CANDIDATES + 1])
+    if len(contact_ids) > CONTACT_CANDIDATES or len(identity_ids) > CONTACT_CANDIDATES:
+        # A broad text: walk the inbox order and stop at a page (matches are many, so a page
+        # comes soon). Collecting every match first would cost a scan of all contacts.
+        matches = Q(ContainsText(F("contact__name"), pattern)) | Q(
+            ContainsText(F("identity__handle"), pattern)
+        )
+    else:
+        # A narrow one: those few contacts' conversations, through their own indexes.
+        matches = Q(contact_id__in=contact_ids) | Q(identity_id__in=identity_ids)
+    return list(conversations_for(user).filter(matches).order_by("-last_message_at", "-id")[:limit])
 
 
 def search_messages(user: User, text: str, limit: int) -> list[Message]:
@@ -87,16 +99,15 @@ def search_messages(user: User, text: str, limit: int) -> list[Message]:
         messages = messages.filter(
             conversation__in=Conversation.objects.filter(readable).values("pk")
         )
-    messages = matching(messages, text)
+    messages = newest_containing(messages, text)
     return list(
-        messages.select_related(
-            "conversation__contact", "conversation__channel", "author"
-        ).order_by("-id")[:limit]
+        messages.select_related("conversation__contact", "conversation__channel", "author")[:limit]
     )
 
 
-def matching(messages: QuerySet[Message], text: str) -> QuerySet[Message]:
-    """``messages`` narrowed to those whose text contains ``text`` (see the module docstring)."""
+def newest_containing(messages: QuerySet[Message], text: str) -> QuerySet[Message]:
+    """``messages`` narrowed to those whose text contains ``text``, newest first (see the module
+    docstring)."""
     from django.db import connection
 
     if len(text) < INDEXED_LENGTH:
@@ -104,12 +115,19 @@ def matching(messages: QuerySet[Message], text: str) -> QuerySet[Message]:
         return messages.filter(
             ContainsText(F("text"), Value(f"%{escape_like(text)}%")),
             id__gt=newest - SHORT_WINDOW,
-        )
+        ).order_by("-id")
     if connection.vendor == "sqlite":
-        return messages.filter(
-            id__in=RawSQL(
-                "SELECT rowid FROM madoguchi_message_fts WHERE madoguchi_message_fts MATCH %s",
-                (fts_phrase(text),),
-            )
+        # A join ordered by the FTS rowid: SQLite reads the matches newest first and stops at
+        # the page size. (``id IN (SELECT rowid ... MATCH)`` would first collect every match:
+        # 0.4 s for a word in every message at 1M messages, against 1 ms.)
+        return messages.extra(
+            tables=["madoguchi_message_fts"],
+            where=[
+                "madoguchi_message_fts.rowid = madoguchi_message.id",
+                "madoguchi_message_fts MATCH %s",
+            ],
+            params=[fts_phrase(text)],
+            select={"fts_rowid": "madoguchi_message_fts.rowid"},
+            order_by=["-fts_rowid"],
         )
-    return messages.filter(ContainsText(F("text"), Value(f"%{escape_like(text)}%")))
+    return messages.filter(ContainsText(F("text"), Value(f"%{escape_like(text)}%"))).order_by("-id")
