@@ -9,6 +9,8 @@ are moved with a fake clock, not by waiting.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -704,3 +706,37 @@ def test_the_control_api_works_over_http(world: World) -> None:
     assert (
         httpx.post(f"{base}/_sim/faults", json={"page_id": "nope", "faults": []}).status_code == 400
     )
+
+
+def test_it_runs_from_the_command_line(tmp_path: Path) -> None:
+    config = tmp_path / "pages.json"
+    page = {
+        "page_id": PAGE,
+        "access_token": TOKEN,
+        "app_secret": SECRET,
+        "app_id": APP_ID,
+        "webhook_url": None,
+    }
+    config.write_text(json.dumps([page]))
+    command = [sys.executable, "-m", "madoguchi.simulators.messenger", "--config", str(config)]
+    proc = subprocess.Popen([*command, "--chatter", "0.05"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        assert url.startswith("http://127.0.0.1:")
+
+        def get(path: str) -> httpx.Response | None:
+            try:
+                return httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+            except httpx.TransportError:
+                return None
+
+        assert wait_for(lambda: get("/v25.0/me")).json() == {
+            "id": PAGE,
+            "name": "Madoguchi Demo Shop",
+        }
+        # The simulated people write (webhooks are only recorded: no webhook_url).
+        wait_for(lambda: (get("/_sim/stats") or httpx.Response(500)).json()["inbound_events"] > 2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
