@@ -17,6 +17,7 @@ from madoguchi.actions.media import do_record_media
 from madoguchi.models import Channel, Job, Message, Throttle
 from madoguchi.providers.base import MediaRef, MediaTooLarge, PlatformError, SendError
 from madoguchi.providers.registry import provider_for
+from madoguchi.rules.window import window_for
 from madoguchi.storage import new_media_name
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,17 @@ def send_message(job: Job, message_id: int) -> None:
     if wait > 0:
         time.sleep(wait)
     provider = provider_for(channel)
-    to = message.conversation.identity.handle
+    identity = message.conversation.identity
+    to = identity.handle
+    # The window as of now: a send outside the ordinary window carries its tag (Messenger's
+    # HUMAN_AGENT); a window that closed since queueing is the platform's to refuse, and its
+    # refusal is recorded on the message.
+    tag = window_for(
+        channel.kind,
+        identity.last_inbound_at,
+        options=channel.options,
+        subscribed=identity.subscribed,
+    ).tag
     try:
         if message.kind == "template":
             sent = provider.send_template(to, message.data["template"])
@@ -109,10 +120,11 @@ def send_message(job: Job, message_id: int) -> None:
                 filename=message.media_filename,
                 caption=message.data.get("caption", ""),
                 reply_to=message.reply_to_platform_id or None,
+                tag=tag,
             )
         else:
             sent = provider.send_text(
-                to, message.text, reply_to=message.reply_to_platform_id or None
+                to, message.text, reply_to=message.reply_to_platform_id or None, tag=tag
             )
     except SendError as exc:
         if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
@@ -138,7 +150,13 @@ def fetch_media(job: Job, message_id: int) -> None:
         return
     provider = provider_for(message.channel)
 
-    ref = MediaRef(platform_media_id=message.media_platform_id, mime_type=message.media_mime)
+    # Platforms that announce media by URL (Viber, Messenger) have it kept whole in data: the
+    # id column is too short for a CDN address.
+    ref = MediaRef(
+        platform_media_id=message.media_platform_id,
+        mime_type=message.media_mime,
+        url=message.data.get("media_url", ""),
+    )
     try:
         stored = provider.fetch_media(
             ref, new_media_name("inbound", message.media_mime), kind=message.kind

@@ -28,8 +28,11 @@ from madoguchi.models import (
 from madoguchi.providers.base import (
     InboundEvent,
     InboundMessage,
+    OutboundEcho,
     PlatformNotice,
+    ReceiptWatermark,
     StatusUpdate,
+    SubscriptionUpdate,
     TemplateStatusUpdate,
 )
 from madoguchi.queries.serialize import conversation_json, message_json
@@ -41,7 +44,14 @@ from madoguchi.rules.routing import sticky_assignee
 from . import audit
 from .conversations import lock, publish_conversation
 from .jobs import enqueue
-from .outbound import PREVIEW_LENGTH, do_apply_status, publish_message
+from .outbound import (
+    PREVIEW_LENGTH,
+    STATUS_FIELDS,
+    advance_status,
+    do_apply_status,
+    load_for_update,
+    publish_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +69,24 @@ class Outcome:
 
 
 def identity_for(channel: Channel, message: InboundMessage) -> ContactIdentity:
+    return contact_identity(channel, message.sender_handle, message.sender_name)
+
+
+def contact_identity(channel: Channel, handle: str, name: str = "") -> ContactIdentity:
+    """The contact behind ``handle`` on ``channel``, created (with a new contact) if unknown;
+    the platform's profile name is kept up to date."""
     identity = (
         ContactIdentity.objects.select_related("contact", "contact__owner")
-        .filter(channel=channel, handle=message.sender_handle)
+        .filter(channel=channel, handle=handle)
         .first()
     )
     if identity is None:
-        contact = Contact.objects.create(name=message.sender_name or message.sender_handle)
+        contact = Contact.objects.create(name=clean(name or handle, 200))
         identity = ContactIdentity.objects.create(
-            contact=contact,
-            channel=channel,
-            handle=message.sender_handle,
-            profile_name=message.sender_name,
+            contact=contact, channel=channel, handle=handle, profile_name=clean(name, 200)
         )
-    elif message.sender_name and identity.profile_name != message.sender_name:
-        identity.profile_name = message.sender_name
+    elif name and identity.profile_name != name:
+        identity.profile_name = clean(name, 200)
         identity.save(update_fields=["profile_name"])
     return identity
 
@@ -114,6 +127,17 @@ def clean(text: str, limit: int | None = None) -> str:
     return text[:limit] if limit else text
 
 
+def message_data(inbound: InboundMessage) -> dict[str, Any]:
+    """The kind-specific details kept with a message: the provider's, whether it was forwarded,
+    and a media URL the platform announced (fetched later through the provider's own rules)."""
+    data = dict(inbound.data)
+    if inbound.forwarded:
+        data["forwarded"] = True
+    if inbound.media and inbound.media.url:
+        data["media_url"] = inbound.media.url
+    return data
+
+
 def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | None:
     """Store one inbound message; None when it was already stored (a duplicate delivery).
 
@@ -149,7 +173,7 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
         error_code=inbound.error.code if inbound.error else None,
         error_title=clean(inbound.error.title, 255) if inbound.error else "",
         error_details=clean(inbound.error.details) if inbound.error else "",
-        data={**inbound.data, "forwarded": True} if inbound.forwarded else inbound.data,
+        data=message_data(inbound),
         media_platform_id=clean(media.platform_media_id, 128) if media else "",
         media_mime=clean(media.mime_type, 128) if media else "",
         media_filename=clean(media.filename, 255) if media else "",
@@ -235,6 +259,109 @@ def channel_for_event(channel: Channel, business_handle: str) -> Channel | None:
     return sibling
 
 
+def do_apply_subscription(channel: Channel, update: SubscriptionUpdate) -> bool:
+    """Record whether the contact may be messaged (Viber: subscribers only). Returns whether it
+    changed. A conversation_started event (``subscribed`` None) only makes the contact known."""
+    identity = contact_identity(channel, update.contact_handle, update.contact_name)
+    if update.subscribed is None:
+        return False
+    # The platform does not promise order: an older event never overrides a newer one.
+    changed = (
+        ContactIdentity.objects.filter(pk=identity.pk)
+        .filter(
+            Q(subscription_changed_at__isnull=True)
+            | Q(subscription_changed_at__lte=update.timestamp)
+        )
+        .exclude(subscribed=update.subscribed)
+        .update(subscribed=update.subscribed, subscription_changed_at=update.timestamp)
+    )
+    if not changed:
+        return False
+    audit.record(
+        "contact.subscribed" if update.subscribed else "contact.unsubscribed",
+        channel=channel.pk,
+        contact=identity.contact_id,
+    )
+    conversation = (
+        Conversation.objects.select_related("channel", "contact", "identity", "assignee")
+        .filter(identity=identity)
+        .exclude(status="resolved")
+        .first()
+    )
+    if conversation is not None:
+        publish_conversation(conversation)  # the composer opens or closes with it
+    return True
+
+
+def do_apply_watermark(channel: Channel, watermark: ReceiptWatermark) -> int:
+    """Every message sent to the recipient on this channel at or before the watermark reached
+    its status (Messenger). Returns how many messages moved; statuses only move forward."""
+    candidates = list(
+        Message.objects.filter(
+            channel=channel,
+            direction="out",
+            conversation__identity__handle=watermark.recipient_handle,
+            platform_message_id__isnull=False,
+            created_at__lte=watermark.watermark,
+            status__in=["sent", "delivered"] if watermark.status == "read" else ["sent"],
+        )
+        .order_by("id")
+        .values_list("pk", flat=True)
+    )
+    moved = 0
+    for message_id in candidates:
+        message = load_for_update(message_id)
+        if not advance_status(message, watermark.status):
+            continue
+        message.save(update_fields=STATUS_FIELDS)
+        audit.record(
+            f"message.{watermark.status}", conversation=message.conversation, message=message
+        )
+        publish_message(message, message.conversation, op="update")
+        moved += 1
+    return moved
+
+
+def do_store_echo(channel: Channel, echo: OutboundEcho) -> Message | None:
+    """A message the business sent from outside Madoguchi, kept in the thread as outbound (sent,
+    no author). None when it is already stored (our own send, or a duplicate delivery)."""
+    message_id = clean(echo.platform_message_id, 255)
+    if Message.objects.filter(channel=channel, platform_message_id=message_id).exists():
+        return None
+    identity = contact_identity(channel, echo.recipient_handle)
+    conversation, _created = conversation_for(channel, identity, echo.timestamp)
+    conversation = lock(conversation)
+    text = clean(echo.text)
+    message = Message.objects.create(
+        conversation=conversation,
+        channel=channel,
+        direction="out",
+        kind=echo.kind,
+        text=text,
+        status="sent",
+        platform_message_id=message_id,
+        platform_timestamp=echo.timestamp,
+        data={"echo": True, "media_url": echo.media.url} if echo.media else {"echo": True},
+        media_platform_id=clean(echo.media.platform_media_id, 128) if echo.media else "",
+        media_mime=clean(echo.media.mime_type, 128) if echo.media else "",
+        media_filename=clean(echo.media.filename, 255) if echo.media else "",
+        media_state="pending" if echo.media else "",
+    )
+    if echo.timestamp >= conversation.last_message_at:
+        conversation.last_message_at = echo.timestamp
+        conversation.last_message_preview = text[:PREVIEW_LENGTH]
+        conversation.save(update_fields=["last_message_at", "last_message_preview"])
+    if echo.media:
+        enqueue("fetch_media", {"message_id": message.pk})
+    audit.record("message.echo", conversation=conversation, message=message)
+    conversation = Conversation.objects.select_related(
+        "channel", "contact", "identity", "assignee"
+    ).get(pk=conversation.pk)
+    publish_message(message, conversation)
+    publish_conversation(conversation)
+    return message
+
+
 def apply_event(channel: Channel, event: InboundEvent, outcome: Outcome) -> None:
     if isinstance(event, InboundMessage | StatusUpdate):
         target = channel_for_event(channel, event.business_handle)
@@ -253,6 +380,15 @@ def apply_event(channel: Channel, event: InboundEvent, outcome: Outcome) -> None
             outcome.pending_statuses += 1
         elif changed:
             outcome.statuses += 1
+    elif isinstance(event, ReceiptWatermark):
+        outcome.statuses += do_apply_watermark(channel, event)
+    elif isinstance(event, SubscriptionUpdate):
+        do_apply_subscription(channel, event)
+    elif isinstance(event, OutboundEcho):
+        if do_store_echo(channel, event) is None:
+            outcome.duplicates += 1
+        else:
+            outcome.messages += 1
     elif isinstance(event, TemplateStatusUpdate):
         outcome.templates += int(do_apply_template_status(channel, event))
     elif isinstance(event, PlatformNotice):
@@ -456,7 +592,7 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
                 error_code=m.error.code if m.error else None,
                 error_title=clean(m.error.title, 255) if m.error else "",
                 error_details=clean(m.error.details) if m.error else "",
-                data={**m.data, "forwarded": True} if m.forwarded else m.data,
+                data=message_data(m),
                 media_platform_id=clean(m.media.platform_media_id, 128) if m.media else "",
                 media_mime=clean(m.media.mime_type, 128) if m.media else "",
                 media_filename=clean(m.media.filename, 255) if m.media else "",

@@ -26,6 +26,12 @@ class Channel(models.Model):
     api_base = models.CharField(max_length=200, blank=True)
     # Secrets (tokens, app secret, verify token). Never logged, never shown after saving.
     secrets = models.JSONField(default=dict)
+    # Non-secret settings of the provider (e.g. Messenger's human_agent_tag, Viber's sender name
+    # and welcome text, an email channel's hosts, ports and security).
+    options = models.JSONField(default=dict, blank=True)
+    # Where a polled channel (email) stopped reading: written in the same transaction as the
+    # bodies it read, so a restart neither loses nor repeats one.
+    receive_state = models.JSONField(default=dict, blank=True)
     outbound_mps = models.PositiveIntegerField(default=80)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

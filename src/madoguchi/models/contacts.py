@@ -30,6 +30,10 @@ class ContactIdentity(models.Model):
     # Platform timestamp of the contact's latest inbound message on this channel (= business
     # number): the start of the messaging window (SPEC §2.4).
     last_inbound_at = models.DateTimeField(null=True, blank=True)
+    # Whether the contact subscribed to the business account, for platforms that may message
+    # subscribers only (Viber); None where the platform has no such notion or never said.
+    subscribed = models.BooleanField(null=True, blank=True)
+    subscription_changed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

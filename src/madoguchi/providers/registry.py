@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 PROVIDERS: dict[str, str] = {
     "whatsapp": "madoguchi.providers.whatsapp.WhatsAppProvider",
+    "viber": "madoguchi.providers.viber.ViberProvider",
+    "messenger": "madoguchi.providers.messenger.MessengerProvider",
+    "email": "madoguchi.providers.email.EmailProvider",
 }
 
 
@@ -40,5 +43,6 @@ def provider_for(channel) -> Provider:  # channel: madoguchi.models.Channel
         display_handle=channel.display_handle,
         api_base=channel.api_base,
         secrets=dict(channel.secrets),
+        options=dict(channel.options),
     )
     return provider_class(channel.kind)(config)

@@ -26,10 +26,12 @@ CONVERSATION_ROW = (
     "channel_id",
     "channel__kind",
     "channel__name",
+    "channel__options",
     "contact_id",
     "contact__name",
     "identity__handle",
     "identity__last_inbound_at",
+    "identity__subscribed",
     "assignee_id",
     "assignee__display_name",
     "assignee__first_name",
@@ -48,7 +50,12 @@ CONVERSATION_ROW = (
 
 def conversation_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """The conversation JSON from a row of CONVERSATION_ROW columns."""
-    window = window_for(row["channel__kind"], row["identity__last_inbound_at"])
+    window = window_for(
+        row["channel__kind"],
+        row["identity__last_inbound_at"],
+        options=row["channel__options"],
+        subscribed=row["identity__subscribed"],
+    )
     assignee = None
     if row["assignee_id"] is not None:
         assignee = {
@@ -81,7 +88,7 @@ def conversation_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "last_message_at": iso(row["last_message_at"]),
         "last_message_preview": row["last_message_preview"],
         "unread_count": row["unread_count"],
-        "window": window.as_json() if window.applies else {"open": True, "expires_at": None},
+        "window": window.as_json(),
         "created_at": iso(row["created_at"]),
     }
 
@@ -95,10 +102,12 @@ def conversation_json(conversation: Conversation) -> dict[str, Any]:
             "channel_id": conversation.channel_id,
             "channel__kind": conversation.channel.kind,
             "channel__name": conversation.channel.name,
+            "channel__options": conversation.channel.options,
             "contact_id": conversation.contact_id,
             "contact__name": conversation.contact.name,
             "identity__handle": conversation.identity.handle,
             "identity__last_inbound_at": conversation.identity.last_inbound_at,
+            "identity__subscribed": conversation.identity.subscribed,
             "assignee_id": conversation.assignee_id,
             "assignee__display_name": assignee.display_name if assignee else "",
             "assignee__first_name": assignee.first_name if assignee else "",

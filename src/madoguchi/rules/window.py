@@ -1,14 +1,20 @@
-"""The messaging window of each channel kind (SPEC §2.4), read from the provider's capabilities.
+"""When the business may send a free-form message (SPEC §2.4): the one place for every channel
+kind, driven by what its provider declares (``Capabilities``), never by testing the kind.
 
-WhatsApp: free-form messages only within 24 hours of the platform timestamp of the contact's
-latest inbound message on that business number; outside it (or for a first contact) only an
-approved template.
+- A time window (WhatsApp, Messenger): free-form messages only within ``window_hours`` of the
+  platform timestamp of the contact's latest inbound message on that channel.
+- A tagged extension (Messenger's HUMAN_AGENT): up to ``tagged_window_hours`` when the channel's
+  options allow the tag (``human_agent_tag``); the send then carries the tag.
+- Subscribers only (Viber): no time limit, but only while the contact is subscribed.
+- No rule at all (email).
+Outside a time window, channels with templates may still send an approved template.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -20,9 +26,13 @@ from madoguchi.providers.registry import provider_class
 
 @dataclass(frozen=True)
 class Window:
-    applies: bool  # False: the channel has no window (e-mail)
+    applies: bool  # False: the channel has no time window (e-mail, Viber)
     open: bool
     expires_at: datetime | None
+    # The tag a send inside this window must carry (Messenger's HUMAN_AGENT), or None.
+    tag: str | None = None
+    # Why it is closed: "window_closed", "template_required" (never written) or "not_subscribed".
+    refusal: str = ""
 
     def as_json(self) -> dict:
         return {
@@ -31,33 +41,80 @@ class Window:
         }
 
 
-def window_for(kind: str, last_inbound_at: datetime | None, now: datetime | None = None) -> Window:
-    hours = provider_class(kind).capabilities.window_hours
+OPEN = Window(applies=False, open=True, expires_at=None)
+
+
+def window_for(
+    kind: str,
+    last_inbound_at: datetime | None,
+    now: datetime | None = None,
+    *,
+    options: dict[str, Any] | None = None,
+    subscribed: bool | None = None,
+) -> Window:
+    capabilities = provider_class(kind).capabilities
+    if capabilities.requires_subscription and not subscribed:
+        return Window(applies=False, open=False, expires_at=None, refusal="not_subscribed")
+    hours = capabilities.window_hours
     if hours is None:
-        return Window(applies=False, open=True, expires_at=None)
+        return OPEN
     if last_inbound_at is None:
-        return Window(applies=True, open=False, expires_at=None)
+        return Window(applies=True, open=False, expires_at=None, refusal="template_required")
+    now = now or timezone.now()
     expires = last_inbound_at + timedelta(hours=hours)
-    return Window(applies=True, open=(now or timezone.now()) < expires, expires_at=expires)
+    if now < expires:
+        return Window(applies=True, open=True, expires_at=expires)
+    tagged = capabilities.tagged_window_hours
+    if tagged is not None and (options or {}).get("human_agent_tag"):
+        expires = last_inbound_at + timedelta(hours=tagged)
+        if now < expires:
+            return Window(applies=True, open=True, expires_at=expires, tag="HUMAN_AGENT")
+    return Window(applies=True, open=False, expires_at=expires, refusal="window_closed")
 
 
 def identity_window(identity: ContactIdentity, now: datetime | None = None) -> Window:
-    return window_for(identity.channel.kind, identity.last_inbound_at, now)
+    return window_for(
+        identity.channel.kind,
+        identity.last_inbound_at,
+        now,
+        options=identity.channel.options,
+        subscribed=identity.subscribed,
+    )
 
 
-def check_free_form_allowed(identity: ContactIdentity) -> None:
-    """Raise before anything is queued if a free-form send would be refused by the platform."""
+def check_free_form_allowed(identity: ContactIdentity) -> Window:
+    """Raise before anything is queued if a free-form send would be refused by the platform;
+    returns the open window (its ``tag`` goes with the send)."""
     window = identity_window(identity)
     if window.open:
-        return
-    if window.expires_at is None:
+        return window
+    has_templates = provider_class(identity.channel.kind).capabilities.has_templates
+    if window.refusal == "not_subscribed":
         raise Invalid(
-            _("This contact has not written to this number yet: start with an approved template."),
-            code="template_required",
+            _("This contact is not subscribed to this account: it cannot be messaged."),
+            code="not_subscribed",
         )
-    raise Invalid(
-        "The 24-hour window closed at "
-        f"{window.expires_at.isoformat()}: only an approved template can be sent.",
-        code="window_closed",
-        closed_at=window.expires_at.isoformat(),
-    )
+    if window.expires_at is None:
+        if has_templates:
+            raise Invalid(
+                _(
+                    "This contact has not written to this number yet:"
+                    " start with an approved template."
+                ),
+                code="template_required",
+            )
+        raise Invalid(
+            _("This contact has not written yet: this channel cannot start a conversation."),
+            code="window_closed",
+        )
+    closed = window.expires_at.isoformat()
+    if has_templates:
+        message = _(
+            "The messaging window closed at %(time)s: only an approved template can be sent."
+        )
+    else:
+        message = _(
+            "The messaging window closed at %(time)s:"
+            " nothing can be sent until the customer writes again."
+        )
+    raise Invalid(message % {"time": closed}, code="window_closed", closed_at=closed)

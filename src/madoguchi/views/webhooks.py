@@ -237,4 +237,5 @@ async def webhook_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await sync_to_async(wakeup.notify, thread_sensitive=False)()
     else:
         wakeup.local_event.set()
-    await respond(send, 200, b'{"ok":true}')
+    # Some platforms read the answer (Viber's welcome message on conversation_started).
+    await respond(send, 200, provider.webhook_response(body) or b'{"ok":true}')

@@ -21,6 +21,7 @@ from madoguchi.providers.registry import provider_class
 from madoguchi.queries import conversations as queries
 from madoguchi.queries.search import search as search_inbox
 from madoguchi.queries.serialize import conversation_json, message_json, user_json
+from madoguchi.rules.window import identity_window
 
 VIEWS = {"mine": "me", "unassigned": "none", "all": None}
 
@@ -76,7 +77,12 @@ def composer_state(user: User, conversation: Conversation) -> dict[str, Any]:
             "can_claim": conversation.assignee_id is None,
         }
     window = conversation_json(conversation)["window"]
-    return {"mode": "free" if window["open"] else "template", "window": window}
+    if window["open"]:
+        return {"mode": "free", "window": window}
+    if provider_class(conversation.channel.kind).capabilities.has_templates:
+        return {"mode": "template", "window": window}
+    rule = identity_window(conversation.identity)
+    return {"mode": "closed", "window": window, "refusal": rule.refusal}
 
 
 def templates_for(channel: Channel) -> list[dict[str, Any]]:
