@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles  # noqa: E402
 
 from madoguchi.realtime.consumers import RAW_SEND, EventsConsumer  # noqa: E402
 from madoguchi.realtime.publish import register_server_loop, relay_from_redis  # noqa: E402
+from madoguchi.views.request_threads import request_threads  # noqa: E402
 from madoguchi.views.webhooks import webhook_app  # noqa: E402
 
 static_app = StaticFiles(directory=settings.PACKAGE_DIR / "static")
@@ -89,7 +90,8 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         elif scope["path"].startswith("/static/"):
             await static_app({**scope, "root_path": "/static"}, receive, send)
         else:
-            await django_app(scope, receive, send)
+            async with request_threads.borrow():  # not a new thread per request
+                await django_app(scope, receive, send)
     elif kind == "websocket":
         await websocket_app({**scope, RAW_SEND: send}, receive, send)
     elif kind == "lifespan":

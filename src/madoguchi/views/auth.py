@@ -11,13 +11,15 @@ from madoguchi.models import ApiToken, User
 def user_for_token(token: str) -> User | None:
     if not token:
         return None
-    row = (
-        ApiToken.objects.select_related("user")
-        .filter(digest=token_digest(token), revoked=False, user__is_active=True)
-        .first()
+    # The digest is unique: no ORDER BY (``first()`` would add one); this runs on every request.
+    rows = list(
+        ApiToken.objects.select_related("user").filter(
+            digest=token_digest(token), revoked=False, user__is_active=True
+        )[:1]
     )
-    if row is None:
+    if not rows:
         return None
+    row = rows[0]
     now = timezone.now()
     if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
