@@ -21,7 +21,11 @@ class Contact(models.Model):
 
 
 class ContactIdentity(models.Model):
-    """The contact's handle on one channel (WhatsApp: the wa_id)."""
+    """The contact's handle on one channel (WhatsApp: the wa_id).
+
+    A handle belongs to one contact per channel; a contact may hold several handles on one
+    channel (two e-mail addresses, a new phone number after merging two contacts), so there is
+    no uniqueness on (contact, channel): migration 0007 dropped it."""
 
     contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="identities")
     channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="identities")
@@ -38,5 +42,4 @@ class ContactIdentity(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["channel", "handle"], name="identity_unique_handle"),
-            models.UniqueConstraint(fields=["contact", "channel"], name="identity_one_per_channel"),
         ]
