@@ -160,3 +160,48 @@ def test_a_batch_of_bodies_announces_each_conversation_as_stored(
     assert announced[snoozed.pk]["status"] == "open"
     assert announced[snoozed.pk]["unread_count"] == 3
     assert announced[snoozed.pk]["last_message_preview"] == "message 2"
+
+
+def test_it_sends_a_socket_its_events_in_the_order_published_after_the_hello(server, users):
+    """Events are encoded once and queued per socket: a burst from another thread arrives
+    whole, in order, and after the hello."""
+    from madoguchi.actions.users import do_create_token
+    from madoguchi.realtime import publish
+
+    token = do_create_token(None, users["aiko"], "ws")
+    url = server.url.replace("http", "ws") + "/ws/"
+    burst = [{"type": "probe", "n": n, "text": "x" * 200} for n in range(200)]
+
+    async def scenario() -> list[dict]:
+        async with websockets.connect(
+            url, additional_headers={"Authorization": f"Bearer {token}", "Origin": server.url}
+        ) as ws:
+            received = [json.loads(await asyncio.wait_for(ws.recv(), timeout=10))]
+
+            def publish_burst() -> None:
+                for event in burst:
+                    publish.publish(event, [users["ben"].pk, users["aiko"].pk])
+
+            await asyncio.to_thread(publish_burst)
+            while len(received) < len(burst) + 1:
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=10)))
+            return received
+
+    received = run_async(scenario())
+    assert received[0]["type"] == "hello"
+    assert received[1:] == burst
+
+
+def test_it_names_the_redis_channels_after_the_database(settings):
+    """Pub/sub ignores Redis database numbers: two deployments on one Redis server (databases 1
+    and 2) must not hear each other's events or wake-ups."""
+    from madoguchi.realtime import redisconn
+
+    settings.REDIS_URL = "redis://127.0.0.1:6379/1"
+    first = redisconn.channel_name("events")
+    settings.REDIS_URL = "redis://127.0.0.1:6379/2"
+    second = redisconn.channel_name("events")
+    settings.REDIS_URL = "redis://127.0.0.1:6379"
+    default = redisconn.channel_name("events")
+    assert len({first, second, default}) == 3
+    assert redisconn.channel_name("wakeup") != default
