@@ -14,6 +14,7 @@ from django.db import transaction
 from madoguchi.actions import outbound
 from madoguchi.actions.channels import do_sync_templates
 from madoguchi.actions.media import do_record_media
+from madoguchi.media_links import public_media_url
 from madoguchi.models import Channel, Job, Message, Throttle
 from madoguchi.providers.base import MediaRef, MediaTooLarge, PlatformError, SendError
 from madoguchi.providers.registry import provider_for
@@ -97,6 +98,7 @@ def send_message(job: Job, message_id: int) -> None:
     if wait > 0:
         time.sleep(wait)
     provider = provider_for(channel)
+    caps = provider.capabilities
     identity = message.conversation.identity
     to = identity.handle
     # The window as of now: a send outside the ordinary window carries its tag (Messenger's
@@ -112,6 +114,8 @@ def send_message(job: Job, message_id: int) -> None:
         if message.kind == "template":
             sent = provider.send_template(to, message.data["template"])
         elif message.kind in outbound.MEDIA_KINDS:
+            # A platform that downloads media itself (Viber) gets a signed, expiring link.
+            by_url = {"media_url": public_media_url(message)} if caps.media_by_url else {}
             sent = provider.send_media(
                 to,
                 message.kind,
@@ -121,6 +125,7 @@ def send_message(job: Job, message_id: int) -> None:
                 caption=message.data.get("caption", ""),
                 reply_to=message.reply_to_platform_id or None,
                 tag=tag,
+                **by_url,
             )
         else:
             sent = provider.send_text(

@@ -6,6 +6,7 @@ from django.views.i18n import JavaScriptCatalog
 
 from madoguchi.views.api import api
 from madoguchi.views.console import actions, pages, pwa
+from madoguchi.views.public_media import public_media
 
 urlpatterns = [
     path(
@@ -53,6 +54,8 @@ urlpatterns = [
         name="delete_canned_reply",
     ),
     path("media/<int:message_id>", pages.media, name="media"),
+    # Signed, expiring links to outbound files, for platforms that fetch media (Viber).
+    path("public/media/<str:token>/<str:name>", public_media, name="public_media"),
     path("jsi18n/", JavaScriptCatalog.as_view(packages=["madoguchi"]), name="javascript-catalog"),
     path("sw.js", pwa.service_worker, name="service_worker"),
     path("offline/", pwa.offline, name="offline"),

@@ -196,6 +196,9 @@ class Capabilities:
     requires_subscription: bool = False
     # Where the platform sends webhooks; False for channels that are polled (email).
     has_webhooks: bool = True
+    # The platform takes outbound media only as a URL it downloads itself (Viber): the core
+    # then passes ``send_media`` a signed, expiring public ``media_url`` of the file.
+    media_by_url: bool = False
 
 
 @dataclass(frozen=True)
@@ -348,9 +351,11 @@ class Provider:
         caption: str = "",
         reply_to: str | None = None,
         tag: str | None = None,
+        media_url: str = "",
     ) -> SentMessage:
         """Upload the file at MEDIA_ROOT/path, then send it by the platform's media id (or as
-        the platform takes files). ``tag`` as for send_text."""
+        the platform takes files). ``tag`` as for send_text. ``media_url``: a public URL of
+        the same file, given only to providers whose capabilities say ``media_by_url``."""
         raise NotImplementedError
 
     def send_template(self, to: str, template: dict[str, Any]) -> SentMessage:

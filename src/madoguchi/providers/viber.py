@@ -22,11 +22,12 @@ The channel (``ChannelConfig``):
 - ``options["sender_name"]`` (≤ 28 characters, default "Madoguchi") and
   ``options["sender_avatar"]`` (a URL): the ``sender`` Viber requires on every message.
 - ``options["welcome_text"]``: the welcome message; none is sent when it is empty.
-- ``options["media_base_url"]``: Viber sends media only by a public URL it downloads itself
-  (B5), so an outbound file at ``MEDIA_ROOT/<path>`` is sent as
-  ``<media_base_url>/<path, percent-encoded>``. Whoever configures the channel must serve
-  MEDIA_ROOT's outbound files there (public HTTPS, reachable by Viber, unguessable paths);
-  without it, media sends fail permanently with ``MEDIA_URL_MISSING``.
+- Outbound media: Viber takes media only by a public URL it downloads itself (B5), so the
+  provider declares ``media_by_url`` and the core passes ``send_media`` a signed, expiring
+  public URL of the file (``madoguchi.media_links``: ``MADOGUCHI_PUBLIC_URL`` +
+  ``/public/media/<token>/<name>``). Without one, ``options["media_base_url"]`` is used
+  (``<media_base_url>/<path, percent-encoded>``, for a deployment that serves outbound files
+  elsewhere); with neither, media sends fail permanently with ``MEDIA_URL_MISSING``.
 - ``options["media_hosts"]``: extra hosts inbound media may be downloaded from.
 
 Inbound media: Viber gives a temporary URL, not an id, so the download cannot go through the API
@@ -108,6 +109,7 @@ class ViberProvider(Provider):
         max_text_length=wire.TEXT_MAX,
         caption_kinds=wire.CAPTION_KINDS,
         requires_subscription=True,
+        media_by_url=True,
     )
 
     # -- helpers -------------------------------------------------------------------------
@@ -313,10 +315,12 @@ class ViberProvider(Provider):
         caption: str = "",
         reply_to: str | None = None,
         tag: str | None = None,
+        media_url: str = "",
     ) -> SentMessage:
-        """Send MEDIA_ROOT/path by its public URL (``media_url``). Only images carry a caption;
-        a file without a name is sent under its stored name."""
-        url = self.media_url(path)
+        """Send MEDIA_ROOT/path by a public URL: ``media_url`` (the core's signed link), else
+        one under ``options["media_base_url"]``. Only images carry a caption; a file without a
+        name is sent under its stored name."""
+        url = media_url or self.media_url(path)
         size = (Path(settings.MEDIA_ROOT) / path).stat().st_size
         limit = _limit(SEND_LIMITS, kind, mime_type)
         if size > limit:

@@ -13,7 +13,9 @@ What it implements, following ``PROTOCOLS.md`` section B (B8 is its checklist):
   receivers without a suitable device (11); the cap of 100 messages to a user within an hour
   without a reply (12, answered in the shape B5 quotes); accepted sends answer with an int64
   ``message_token`` and are followed by signed ``delivered`` / ``seen`` callbacks (or ``failed``
-  for a user set up to fail), each only if ``set_webhook`` asked for it.
+  for a user set up to fail), each only if ``set_webhook`` asked for it. The ``media`` URL of
+  a picture, video or file is downloaded first (:meth:`ViberSimulator.fetched_media`); a URL
+  that cannot be downloaded ends in a ``failed`` callback instead of the receipts.
 - Callbacks (B3, B4): compact UTF-8 JSON, ``X-Viber-Content-Signature`` = hex HMAC-SHA256 of the
   exact bytes with the auth token, retried on anything but HTTP 200 (B7: "several times for an
   hour", here ``retry_delays``). ``message``, ``subscribed``, ``unsubscribed`` and
@@ -113,6 +115,8 @@ KNOWN_EVENTS = frozenset({*OPTIONAL_EVENTS, "subscribed", "unsubscribed", "messa
 SEND_TYPES = frozenset(
     {"text", "picture", "video", "file", "contact", "location", "url", "sticker", "rich_media"}
 )
+# Sends whose ``media`` URL Viber downloads (B5).
+MEDIA_SEND_TYPES = frozenset({"picture", "video", "file"})
 _URL = re.compile(r"https?://[^\s]+", re.IGNORECASE)
 
 
@@ -276,6 +280,7 @@ class ViberSimulator:
         self._users: dict[str, _User] = {}
         self._media: dict[str, _Media] = {}
         self._outbound: dict[int, tuple[str, str]] = {}  # message_token -> (auth_token, user)
+        self._fetched: dict[str, bytes] = {}  # media URL of a send -> the bytes downloaded
         self._tokens = itertools.count(random.randrange(5 * 10**18, 6 * 10**18))
         self._ids = itertools.count(1)
         self._stats: dict[str, Any] = {
@@ -287,6 +292,7 @@ class ViberSimulator:
             "webhooks_ok": 0,
             "webhooks_failed": 0,
             "errors_by_status": {},
+            "media_fetch_failures": 0,
         }
         self.sent: list[SentMessage] = []
         self.requests: list[tuple[str, str, int]] = []
@@ -860,9 +866,9 @@ class ViberSimulator:
             self._stats["sends_accepted"] += 1
             events = account.event_types
             fail = user.fail_delivery
+        first, second = self.receipt_delays
+        steps: list[tuple[float, str, str]] = []
         if self.auto_receipts:
-            first, second = self.receipt_delays
-            steps: list[tuple[float, str, str]] = []
             if fail:
                 if "failed" in events:
                     steps.append((first, "failed", fail))
@@ -871,8 +877,50 @@ class ViberSimulator:
                     steps.append((first, "delivered", ""))
                 if self.auto_seen and "seen" in events:
                     steps.append((second, "seen", ""))
+        media = body.get("media") if body.get("type") in MEDIA_SEND_TYPES else None
+        if isinstance(media, str):
+            failed = "failed" in events and self.auto_receipts
+            scheduler = self._sched()
+            if scheduler is not None:
+                scheduler.call_later(
+                    0, lambda: self._fetch_then(account.auth_token, token, media, steps, failed)
+                )
+        else:
             self._run_receipts(account.auth_token, token, steps)
         return _answer(0, message_token=token, chat_hostname=_hostname(), billing_status=1)
+
+    def _fetch_then(
+        self,
+        auth_token: str,
+        token: int,
+        url: str,
+        steps: list[tuple[float, str, str]],
+        report_failure: bool,
+    ) -> None:
+        """Download a sent file from its URL as Viber does before delivering it [INFER: the
+        contract does not say how an unreachable URL is reported; a ``failed`` callback is the
+        only asynchronous channel], keeping the bytes for :meth:`fetched_media`; then run the
+        receipts, or a ``failed`` callback when the download did not succeed."""
+        problem = ""
+        try:
+            response = self._http.get(url)
+            if response.status_code == 200:
+                with self._lock:
+                    self._fetched[url] = response.content
+            else:
+                problem = f"Media could not be downloaded (HTTP {response.status_code})"
+        except httpx.HTTPError as exc:
+            problem = f"Media could not be downloaded ({type(exc).__name__})"
+        if problem:
+            with self._lock:
+                self._stats["media_fetch_failures"] += 1
+            steps = [(0.0, "failed", problem)] if report_failure else []
+        self._run_receipts(auth_token, token, steps)
+
+    def fetched_media(self, url: str) -> bytes | None:
+        """The bytes downloaded from ``url`` for a media send, or None (not fetched, failed)."""
+        with self._lock:
+            return self._fetched.get(url)
 
     async def _media_download(self, request: Request) -> Response:
         with self._lock:

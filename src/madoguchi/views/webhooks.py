@@ -237,5 +237,7 @@ async def webhook_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await sync_to_async(wakeup.notify, thread_sensitive=False)()
     else:
         wakeup.local_event.set()
-    # Some platforms read the answer (Viber's welcome message on conversation_started).
-    await respond(send, 200, provider.webhook_response(body) or b'{"ok":true}')
+    # Some platforms read the answer (Viber's welcome message on conversation_started), so
+    # anything else is an empty 200: Viber would take any JSON body there for a welcome.
+    answer = provider.webhook_response(body)
+    await respond(send, 200, answer or b"")
