@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from madoguchi.models import Conversation, Message, User
+from madoguchi.models import Channel, Conversation, Message, User
 from madoguchi.models.users import user_label
 from madoguchi.rules.window import window_for
 
@@ -125,8 +125,28 @@ def conversation_json(conversation: Conversation) -> dict[str, Any]:
     )
 
 
+def message_channel(message: Message) -> Channel:
+    """The message's channel without a query where the caller already holds it (created with
+    it, or loaded with its conversation's channel); one query otherwise."""
+    if Message._meta.get_field("channel").is_cached(message):
+        return message.channel
+    if Message._meta.get_field("conversation").is_cached(message):
+        conversation = message.conversation
+        if (
+            Conversation._meta.get_field("channel").is_cached(conversation)
+            and conversation.channel_id == message.channel_id
+        ):
+            return conversation.channel
+    return message.channel
+
+
+def channel_json(channel: Channel) -> dict[str, Any]:
+    return {"id": channel.pk, "kind": channel.kind, "name": channel.name}
+
+
 def message_json(message: Message) -> dict[str, Any]:
-    """Needs author loaded (select_related) for outbound messages."""
+    """Needs author loaded (select_related) for outbound messages, and the channel (or the
+    conversation with its channel) to avoid one query for the ``channel`` label."""
     error = None
     if message.error_code is not None:
         error = {
@@ -147,6 +167,7 @@ def message_json(message: Message) -> dict[str, Any]:
     return {
         "id": message.pk,
         "conversation": message.conversation_id,
+        "channel": channel_json(message_channel(message)),
         "direction": message.direction,
         "kind": message.kind,
         "text": message.text,

@@ -15,11 +15,13 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer, django_auth
 from pydantic import Field
 
+from madoguchi.actions import contacts as contact_actions
 from madoguchi.actions import conversations as conversation_actions
 from madoguchi.actions import outbound
 from madoguchi.actions.jobs import enqueue
 from madoguchi.errors import Invalid, MadoguchiError, NotFound
-from madoguchi.models import Channel, Template, User
+from madoguchi.models import Channel, ContactIdentity, Conversation, Message, Template, User
+from madoguchi.queries import contacts as contact_queries
 from madoguchi.queries import conversations as queries
 from madoguchi.queries.conversations import access_conversation, history, valid_id
 from madoguchi.queries.serialize import conversation_json, message_json, user_json
@@ -103,6 +105,25 @@ class SendRequest(Schema):
     text: str | None = Field(default=None, max_length=65536)
     reply_to: int | None = None
     template: TemplateRequest | None = None
+    channel: int | None = Field(
+        default=None,
+        description="Reply on another of the contact's channels: the contact's handle there "
+        "that the customer wrote from last. Default: this conversation's channel.",
+    )
+    identity: int | None = Field(
+        default=None,
+        description="Reply on this handle of the contact (an id from GET "
+        "/conversations/{id}/channels); takes precedence over channel.",
+    )
+
+
+class MergeRequest(Schema):
+    contact: int = Field(description="The contact merged into this one (then deleted).")
+
+
+class IdentityRequest(Schema):
+    channel: int
+    handle: str = Field(min_length=1, max_length=254)
 
 
 class StartRequest(Schema):
@@ -174,34 +195,88 @@ def get_conversation(request: HttpRequest, conversation_id: int):
     return conversation_json(access_conversation(current_user(request), conversation_id))
 
 
-@api.get("/conversations/{conversation_id}/messages")
+@api.get(
+    "/conversations/{conversation_id}/messages",
+    description="The latest messages, oldest first; `next_before` pages back (keyset on the "
+    "message id). `scope=identity` (the default): the conversations with this contact on this "
+    "channel. `scope=contact`: the whole history with the contact across every channel, each "
+    "message with its `channel`; only conversations the caller may read contribute.",
+)
 def get_messages(
-    request: HttpRequest, conversation_id: int, before: int | None = None, limit: int = 50
+    request: HttpRequest,
+    conversation_id: int,
+    before: int | None = None,
+    limit: int = 50,
+    scope: Literal["identity", "contact"] = "identity",
 ):
     user = current_user(request)
     if limit < 1 or limit > 200:
         raise Invalid(_("limit must be between 1 and 200."), code="invalid_limit")
     conversation = access_conversation(user, conversation_id)
-    messages = history(user, conversation, before_id=before, limit=limit)
+    if scope == "contact":
+        messages = contact_queries.contact_history(
+            user, conversation, before_id=before, limit=limit
+        )
+    else:
+        messages = history(user, conversation, before_id=before, limit=limit)
     return {
         "items": [message_json(m) for m in messages],
         "next_before": messages[0].pk if len(messages) == limit else None,
     }
 
 
-@api.post("/conversations/{conversation_id}/messages", response={202: dict})
+def reply_identity(
+    conversation: Conversation, channel_id: int | None, identity_id: int | None
+) -> ContactIdentity | None:
+    if channel_id is None and identity_id is None:
+        return None
+    return contact_queries.identity_for_reply(
+        conversation, channel_id=channel_id, identity_id=identity_id
+    )
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages",
+    response={202: dict},
+    description="Queue a reply (text or template). With `channel` (or `identity`), it goes out "
+    "on another of the contact's channels: in the contact's active conversation there, claimed "
+    "if unassigned, or a new one assigned to the caller. Only the assignee of this conversation "
+    "may (403 `not_assignee`, also when a colleague holds the conversation on the other "
+    "channel); the other channel's own rule applies (422 `window_closed`, `not_subscribed`, "
+    "`template_required`, `template_invalid`); 422 `invalid_channel` when the contact has no "
+    "handle there.",
+)
 def send_message(request: HttpRequest, conversation_id: int, payload: SendRequest):
     user = current_user(request)
     conversation = access_conversation(user, conversation_id)
     if payload.template is not None:
-        message = outbound.check_send_template(user, conversation, payload.template.dict())
+        template = payload.template.dict()
+
+        def send(target: Conversation) -> Message:
+            return outbound.check_send_template(user, target, template)
     elif payload.text is not None:
-        message = outbound.check_send_text(
-            user, conversation, payload.text, reply_to_id=payload.reply_to
-        )
+        text = payload.text
+
+        def send(target: Conversation) -> Message:
+            return outbound.check_send_text(user, target, text, reply_to_id=payload.reply_to)
     else:
         raise Invalid(_("Give either text or a template."), code="invalid_request")
+    identity = reply_identity(conversation, payload.channel, payload.identity)
+    message = contact_actions.check_send_via(user, conversation, identity, send)
     return Status(202, message_json(message))
+
+
+@api.get(
+    "/conversations/{conversation_id}/channels",
+    description="The contact's channels the caller may reply on, the one the customer wrote "
+    "from last first, each with its rule state: `mode` free | template | closed, `refusal`, "
+    "`window`, the active `conversation` there and its `owner`, `available` (false: a colleague "
+    "holds it).",
+)
+def reply_channels(request: HttpRequest, conversation_id: int):
+    user = current_user(request)
+    conversation = access_conversation(user, conversation_id)
+    return {"items": [c.as_json() for c in contact_queries.reply_channels(user, conversation)]}
 
 
 @api.post("/conversations/{conversation_id}/attachments", response={202: dict})
@@ -211,20 +286,29 @@ def send_attachment(
     file: UploadedFile = File(...),  # noqa: B008 - ninja's declaration style
     caption: str = Form(""),
     reply_to: int | None = Form(None),
+    channel: int | None = Form(None),
+    identity: int | None = Form(None),
 ):
     user = current_user(request)
     conversation = access_conversation(user, conversation_id)
     outbound.check_upload_size(conversation, file.size or 0)
-    message = outbound.check_send_media(
-        user,
-        conversation,
-        content=file.read(),
-        filename=file.name or "file",
-        mime_type=file.content_type or "application/octet-stream",
-        caption=caption,
-        reply_to_id=reply_to,
+    content = file.read()
+
+    def send(target: Conversation) -> Message:
+        return outbound.check_send_media(
+            user,
+            target,
+            content=content,
+            filename=file.name or "file",
+            mime_type=file.content_type or "application/octet-stream",
+            caption=caption,
+            reply_to_id=reply_to,
+        )
+
+    target = reply_identity(conversation, channel, identity)
+    return Status(
+        202, message_json(contact_actions.check_send_via(user, conversation, target, send))
     )
-    return Status(202, message_json(message))
 
 
 @api.post("/conversations/{conversation_id}/notes", response={201: dict})
@@ -271,6 +355,59 @@ def mark_seen(request: HttpRequest, conversation_id: int):
     user = current_user(request)
     conversation = access_conversation(user, conversation_id)
     return conversation_json(conversation_actions.do_mark_seen(user, conversation))
+
+
+# -- contacts --------------------------------------------------------------------------------
+
+
+@api.get(
+    "/contacts",
+    description="Contacts whose name or a handle contains `q` (2+ characters), "
+    "among those with a conversation the caller may read; each with its handles on every channel.",
+)
+def list_contacts(request: HttpRequest, q: str = "", limit: int = 20, exclude: int | None = None):
+    user = current_user(request)
+    found = contact_queries.find_contacts(user, q, exclude_id=exclude, limit=limit)
+    return {"items": contact_queries.contacts_json(found)}
+
+
+@api.get("/contacts/{contact_id}")
+def get_contact(request: HttpRequest, contact_id: int):
+    contact = contact_queries.access_contact(current_user(request), contact_id)
+    return contact_queries.contacts_json([contact])[0]
+
+
+@api.post(
+    "/contacts/{contact_id}/merge",
+    description="Merge the contact `contact` into this one: every handle, conversation and "
+    "message moves here, the other contact is deleted. Supervisors and admins only (403 "
+    "`forbidden`); 422 `same_contact`.",
+)
+def merge_contacts(request: HttpRequest, contact_id: int, payload: MergeRequest):
+    user = current_user(request)
+    contact_actions.check_can_merge(user)
+    keep = contact_queries.access_contact(user, contact_id)
+    merge = contact_queries.access_contact(user, payload.contact)
+    keep = contact_actions.do_merge_contacts(user, keep, merge)
+    return contact_queries.contacts_json([keep])[0]
+
+
+@api.post(
+    "/contacts/{contact_id}/identities",
+    response={201: dict},
+    description="Add a handle on a channel to the contact (e.g. an e-mail address for a "
+    "WhatsApp customer). 409 `identity_taken` when it belongs to another contact (merge them).",
+)
+def add_identity(request: HttpRequest, contact_id: int, payload: IdentityRequest):
+    user = current_user(request)
+    contact = contact_queries.access_contact(user, contact_id)
+    channel = (
+        Channel.objects.filter(pk=payload.channel).first() if valid_id(payload.channel) else None
+    )
+    if channel is None:
+        raise NotFound(_("No such channel."))
+    contact_actions.check_add_identity(user, contact, channel, payload.handle)
+    return Status(201, contact_queries.contacts_json([contact])[0])
 
 
 # -- templates, channels, users -------------------------------------------------------------
