@@ -122,7 +122,10 @@ def history(
         .filter(identity_id=conversation.identity_id)
         .values_list("pk", flat=True)
     )
-    qs = Message.objects.filter(conversation_id__in=readable_ids).select_related("author")
+    # The channel too: message_json labels each message with it (one query per row otherwise).
+    qs = Message.objects.filter(conversation_id__in=readable_ids).select_related(
+        "author", "channel"
+    )
     if before_id is not None:
         qs = qs.filter(pk__lt=min(before_id, MAX_ID))
     latest = list(qs.order_by("-id")[:limit])
