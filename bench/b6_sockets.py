@@ -120,7 +120,8 @@ def measure(
                 leaks += 1
             elif (index, key) not in seen:
                 seen.add((index, key))
-                latencies.append((t - sent[index_of[key]]) * 1000)
+                if index_of[key] > 0:  # the first broadcast warms up (first use of the path)
+                    latencies.append((t - sent[index_of[key]]) * 1000)
         elif kind == "conversation" and key == channel_id and index >= AUDIENCE:
             leaks += 1
     return {
@@ -139,7 +140,7 @@ def measure(
 
 
 def run(kind: str, quick: bool) -> list[Result]:
-    broadcasts = 5 if quick else 20
+    broadcasts = 6 if quick else 21  # the first one is a warm-up, not counted
     db = Database(kind)
     try:
         db.migrate()
@@ -208,7 +209,8 @@ def run(kind: str, quick: bool) -> list[Result]:
             baseline["per_socket_kb"],
             "≤ 40 KB",
             ours["per_socket_kb"] <= 40 and ours["opened"] == SOCKETS,
-            f"{ours['opened']} opened ({ours['failed']} failed) in {ours['opened_in']:.0f} s;"
+            f"{ours['opened']} opened ({ours['failed']} failed) in {ours['opened_in']:.0f} s"
+            f" (baseline {baseline['opened_in']:.0f} s);"
             f" RSS {ours['rss_before_mb']:.0f} → {ours['rss_after_mb']:.0f} MB",
         ),
         Result(
@@ -219,7 +221,7 @@ def run(kind: str, quick: bool) -> list[Result]:
             baseline["p99"],
             "≤ 200 ms",
             ours["p99"] <= 200 and complete,
-            f"p50 {ours['p50']:.0f} ms, max {ours['max']:.0f} ms; {broadcasts} broadcasts through"
+            f"p50 {ours['p50']:.0f} ms, max {ours['max']:.0f} ms; {broadcasts - 1} broadcasts through"
             f" webhook + worker; {ours['missing']} deliveries missing",
         ),
         Result(
