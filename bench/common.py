@@ -214,6 +214,7 @@ def create_channel(db: Database) -> dict[str, Any]:
         "v",
         "--api-base",
         "http://127.0.0.1:9",
+        "--no-check",
         "--json",
         env=db.env(),
     )

@@ -82,6 +82,7 @@ def test_channel_add_whatsapp_prints_json_with_the_webhook_path(cli_db):
         "v",
         "--api-base",
         "http://127.0.0.1:9",
+        "--no-check",  # offline: nothing listens there (tests/test_channel_setup.py checks)
         "--json",
     ).stdout
     data = json.loads(out)

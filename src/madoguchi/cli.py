@@ -10,6 +10,8 @@ import sys
 import threading
 from typing import Any
 
+from madoguchi.rules.channel_setup import SETUP, KindSetup
+
 
 def setup_django() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "madoguchi.settings")
@@ -94,37 +96,49 @@ def cmd_token_create(args: argparse.Namespace) -> None:
     print(do_create_token(None, user, args.label or "cli"))
 
 
-def cmd_channel_add_whatsapp(args: argparse.Namespace) -> None:
-    from madoguchi.actions.channels import do_create_channel
-    from madoguchi.actions.jobs import enqueue
-    from madoguchi.errors import MadoguchiError
+def cmd_channel_add(args: argparse.Namespace) -> None:
+    """``madoguchi channel add <kind> ...``: the fields of rules.channel_setup as flags; the
+    credentials are checked against the platform before anything is saved (unless
+    ``--no-check``), then the webhook is registered where Madoguchi does it (Viber)."""
+    from django.conf import settings
 
+    from madoguchi.actions.channels import check_create_channel
+    from madoguchi.errors import MadoguchiError
+    from madoguchi.rules.channel_setup import SETUP
+
+    setup = SETUP[args.kind]
+    values = {f.name: getattr(args, f.name) for f in setup.fields if f.cli}
     try:
-        channel = do_create_channel(
+        channel = check_create_channel(
             None,
-            kind="whatsapp",
+            kind=args.kind,
             name=args.name,
-            business_handle=args.phone_number_id,
-            account_handle=args.waba_id,
-            display_handle=args.display_phone_number or "",
-            api_base=args.api_base or "",
-            secrets={
-                "access_token": args.access_token,
-                "app_secret": args.app_secret,
-                "verify_token": args.verify_token,
-            },
+            values=values,
             visibility=args.visibility,
             outbound_mps=args.mps,
+            check_credentials=not getattr(args, "no_check", False),
         )
     except MadoguchiError as exc:
-        fail(exc.message)
-    enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")
+        hint = ""
+        if exc.code == "platform_unreachable" and setup.offline_ok:
+            hint = " (use --no-check to save the channel without asking the platform)"
+        fail(f"{exc.message}{hint} [{exc.code}]")
+    has_webhooks = provider_has_webhooks(args.kind)
     if args.json:
-        print(json.dumps({"id": channel.pk, "webhook_path": channel.webhook_path}))
-    else:
-        from django.conf import settings
-
+        out: dict[str, Any] = {"id": channel.pk, "kind": channel.kind}
+        if has_webhooks:
+            out["webhook_path"] = channel.webhook_path
+        print(json.dumps(out))
+    elif has_webhooks:
         print(f"channel {channel.pk}: webhook URL {settings.PUBLIC_URL}{channel.webhook_path}")
+    else:
+        print(f"channel {channel.pk}")
+
+
+def provider_has_webhooks(kind: str) -> bool:
+    from madoguchi.providers.registry import provider_class
+
+    return provider_class(kind).capabilities.has_webhooks
 
 
 def cmd_templates_sync(args: argparse.Namespace) -> None:
@@ -191,19 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     channel_add = channel.add_parser("add", help="connect a channel").add_subparsers(
         dest="kind", required=True
     )
-    wa = channel_add.add_parser("whatsapp", help="a WhatsApp Cloud API number")
-    wa.add_argument("--name", required=True)
-    wa.add_argument("--phone-number-id", required=True)
-    wa.add_argument("--waba-id", required=True)
-    wa.add_argument("--display-phone-number", default="")
-    wa.add_argument("--access-token", required=True)
-    wa.add_argument("--app-secret", required=True)
-    wa.add_argument("--verify-token", required=True)
-    wa.add_argument("--api-base", default="")
-    wa.add_argument("--visibility", choices=["all", "team", "assigned_only"], default="all")
-    wa.add_argument("--mps", type=int, default=80, help="outbound messages per second (cap)")
-    wa.add_argument("--json", action="store_true")
-    wa.set_defaults(func=cmd_channel_add_whatsapp)
+    for kind in SETUP.values():
+        add_channel_parser(channel_add, kind)
 
     templates = sub.add_parser("templates", help="message templates").add_subparsers(
         dest="action", required=True
@@ -212,6 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("channel", type=int)
     sync.set_defaults(func=cmd_templates_sync)
     return parser
+
+
+def add_channel_parser(parsers: Any, setup: KindSetup) -> None:
+    """One ``channel add <kind>`` command from the kind's set-up fields (SPEC §4 flags)."""
+    command = parsers.add_parser(setup.kind, help=f"connect a {setup.label} channel")
+    command.add_argument("--name", required=True)
+    for spec in setup.fields:
+        if not spec.cli:
+            continue
+        if spec.type == "bool":
+            command.add_argument(spec.flag, action="store_true")
+        elif spec.type == "choice":
+            command.add_argument(spec.flag, choices=spec.choices, default=spec.default)
+        else:
+            command.add_argument(spec.flag, required=spec.required, default="")
+    command.add_argument("--visibility", choices=["all", "team", "assigned_only"], default="all")
+    command.add_argument("--mps", type=int, default=80, help="outbound messages per second (cap)")
+    if setup.offline_ok:
+        command.add_argument(
+            "--no-check",
+            action="store_true",
+            help="save without checking the credentials against the platform (offline set-up)",
+        )
+    command.add_argument("--json", action="store_true", help="print one JSON object")
+    command.set_defaults(func=cmd_channel_add)
 
 
 def main(argv: list[str] | None = None) -> None:

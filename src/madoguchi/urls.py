@@ -5,7 +5,7 @@ from django.urls import path
 from django.views.i18n import JavaScriptCatalog
 
 from madoguchi.views.api import api
-from madoguchi.views.console import actions, pages, pwa
+from madoguchi.views.console import actions, channels, pages, pwa
 from madoguchi.views.public_media import public_media
 
 urlpatterns = [
@@ -54,6 +54,10 @@ urlpatterns = [
         name="delete_canned_reply",
     ),
     path("media/<int:message_id>", pages.media, name="media"),
+    path("channels/", channels.channels_page, name="channels"),
+    path("channels/add/<str:kind>", channels.add_channel, name="channel_add"),
+    path("channels/<int:channel_id>/edit", channels.edit_channel, name="channel_edit"),
+    path("channels/<int:channel_id>/active", channels.set_channel_active, name="channel_active"),
     # Signed, expiring links to outbound files, for platforms that fetch media (Viber).
     path("public/media/<str:token>/<str:name>", public_media, name="public_media"),
     path("jsi18n/", JavaScriptCatalog.as_view(packages=["madoguchi"]), name="javascript-catalog"),

@@ -171,6 +171,33 @@ class WhatsAppProvider(Provider):
                 permanent=True,
             )
 
+    # -- set-up ----------------------------------------------------------------------------
+    def check_credentials(self) -> dict[str, str]:
+        """``GET /{phone-number-id}?fields=verified_name,display_phone_number`` with the access
+        token: {"id", "name" (the verified business name), "display_handle" (the number as
+        people dial it)}. Raises SendError: permanent for a bad token (190), an unknown number
+        (100) or a token answering for another number."""
+        number = self.call(
+            "GET",
+            self.graph_url(self.config.business_handle),
+            params={"fields": "verified_name,display_phone_number"},
+        )
+        number_id = str(number.get("id", ""))
+        if number_id != self.config.business_handle:
+            raise SendError(
+                PlatformError(
+                    code=-5,
+                    title="The access token answered for another phone number",
+                    details=f"phone number id {number_id or '?'}",
+                ),
+                permanent=True,
+            )
+        return {
+            "id": number_id,
+            "name": str(number.get("verified_name") or ""),
+            "display_handle": str(number.get("display_phone_number") or ""),
+        }
+
     # -- outbound ------------------------------------------------------------------------
     def send_body(self, body: dict[str, Any]) -> SentMessage:
         answer = self.call(
