@@ -207,6 +207,18 @@ def test_conversation_started_is_answered_with_the_welcome_message(viber_sim, wo
     assert Message.objects.count() == 0
 
 
+def test_a_first_message_after_opening_the_chat_subscribes_the_same_contact(viber_sim, worker):
+    viber_sim.user(USER, name="Nguyễn Văn An", language="vi")
+    viber_sim.simulator.open_conversation(VIBER_TOKEN, USER)
+    viber_sim.user_sends(USER, "Xin chào")
+    worker.run_until_idle()
+    assert Contact.objects.count() == 1
+    assert identity().subscribed is True
+    conversation = Conversation.objects.get()
+    assert conversation.contact.name == "Nguyễn Văn An"
+    assert conversation.last_message_preview == "Xin chào"
+
+
 def test_other_callbacks_get_an_empty_answer(server, viber_channel):
     for name in ("subscribed", "unsubscribed", "delivered", "seen", "message_text"):
         response = post_viber(server, viber_channel, fixture_bytes("viber", name))

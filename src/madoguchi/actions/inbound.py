@@ -66,6 +66,8 @@ class Outcome:
     pending_statuses: int = 0
     templates: int = 0
     notices: int = 0
+    # Echoes held back while a send to their recipient is still in flight (see do_store_echo).
+    pending_echoes: int = 0
 
 
 def identity_for(channel: Channel, message: InboundMessage) -> ContactIdentity:
@@ -322,12 +324,33 @@ def do_apply_watermark(channel: Channel, watermark: ReceiptWatermark) -> int:
     return moved
 
 
-def do_store_echo(channel: Channel, echo: OutboundEcho) -> Message | None:
+class EchoInFlight(Exception):
+    """An echo arrived while a send to its recipient has no platform id yet: it may be the echo
+    of that very send, so it must wait (the caller retries the body later)."""
+
+
+def do_store_echo(channel: Channel, echo: OutboundEcho, *, patient: bool = True) -> Message | None:
     """A message the business sent from outside Madoguchi, kept in the thread as outbound (sent,
-    no author). None when it is already stored (our own send, or a duplicate delivery)."""
+    no author). None when it is already stored (our own send, or a duplicate delivery).
+
+    Raises EchoInFlight (when ``patient``) while a message to the same recipient is queued
+    without a platform id: the platform may echo our send before its answer is recorded, and a
+    provider that cannot tell our echoes apart (Messenger without our app id) would otherwise
+    store our own message a second time, and the send's id would then collide with it."""
     message_id = clean(echo.platform_message_id, 255)
     if Message.objects.filter(channel=channel, platform_message_id=message_id).exists():
         return None
+    if (
+        patient
+        and Message.objects.filter(
+            channel=channel,
+            direction="out",
+            status="queued",
+            platform_message_id__isnull=True,
+            conversation__identity__handle=echo.recipient_handle,
+        ).exists()
+    ):
+        raise EchoInFlight(message_id)
     identity = contact_identity(channel, echo.recipient_handle)
     conversation, _created = conversation_for(channel, identity, echo.timestamp)
     conversation = lock(conversation)
@@ -362,7 +385,11 @@ def do_store_echo(channel: Channel, echo: OutboundEcho) -> Message | None:
     return message
 
 
-def apply_event(channel: Channel, event: InboundEvent, outcome: Outcome) -> None:
+def apply_event(
+    channel: Channel, event: InboundEvent, outcome: Outcome, *, patient: bool = True
+) -> None:
+    """Apply one event. ``patient``: events that may be waiting for something in flight (an
+    echo of a send not recorded yet) are counted as pending rather than applied."""
     if isinstance(event, InboundMessage | StatusUpdate):
         target = channel_for_event(channel, event.business_handle)
         if target is None:
@@ -385,7 +412,12 @@ def apply_event(channel: Channel, event: InboundEvent, outcome: Outcome) -> None
     elif isinstance(event, SubscriptionUpdate):
         do_apply_subscription(channel, event)
     elif isinstance(event, OutboundEcho):
-        if do_store_echo(channel, event) is None:
+        try:
+            stored = do_store_echo(channel, event, patient=patient)
+        except EchoInFlight:
+            outcome.pending_echoes += 1
+            return
+        if stored is None:
             outcome.duplicates += 1
         else:
             outcome.messages += 1
@@ -409,11 +441,13 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
     """Apply every event of one webhook body in one transaction, then mark the body processed.
 
     Raises RetryLater (after committing what could be applied, idempotently) when some status
-    refers to a message not stored yet and the event is recent.
+    refers to a message not stored yet, or an echo may be of a send still in flight, and the
+    event is recent.
     """
     channel = Channel.objects.get(pk=raw.channel_id)
     outcome = Outcome()
     failures: list[str] = []
+    patient = (timezone.now() - raw.received_at).total_seconds() < UNKNOWN_STATUS_PATIENCE_SECONDS
     try:
         with transaction.atomic():
             for event in events:
@@ -421,7 +455,7 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
                     # One savepoint per event: an event the database refuses is reported
                     # without losing the other customers' messages of the same body.
                     with transaction.atomic():
-                        apply_event(channel, event, outcome)
+                        apply_event(channel, event, outcome, patient=patient)
                 except IntegrityError:
                     raise
                 except DatabaseError as exc:
@@ -439,8 +473,7 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
                     )
             if failures:
                 RawEvent.objects.filter(pk=raw.pk).update(error="; ".join(failures)[:2000])
-            age = (timezone.now() - raw.received_at).total_seconds()
-            retry = bool(outcome.pending_statuses) and age < UNKNOWN_STATUS_PATIENCE_SECONDS
+            retry = patient and bool(outcome.pending_statuses or outcome.pending_echoes)
             if not retry:
                 RawEvent.objects.filter(pk=raw.pk).update(
                     processed_at=timezone.now(), lease_until=None, error="; ".join(failures)[:2000]
@@ -450,7 +483,10 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
         raise RetryLater(f"concurrent insert: {exc}") from None
     if retry:
         # What could be applied is committed (and re-applying it later changes nothing).
-        raise RetryLater(f"{outcome.pending_statuses} statuses for messages not stored yet")
+        raise RetryLater(
+            f"{outcome.pending_statuses} statuses for messages not stored yet,"
+            f" {outcome.pending_echoes} echoes while sends are in flight"
+        )
     return outcome
 
 
