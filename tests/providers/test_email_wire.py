@@ -351,3 +351,18 @@ def test_it_never_raises_anything_but_its_parse_error_on_mangled_mime(headers, p
     except wire.EmailParseError:
         return
     assert parsed.events
+
+
+def test_it_keeps_long_lines_and_survives_pathological_quote_headers():
+    paragraph = "This paragraph is long. " * 20
+    text = f"{paragraph}\n\nOn Mon, 3 Jun 2024 at 10:05, A <a@example.test> wrote:\n> old\n"
+    assert wire.strip_quoted(text) == paragraph.strip()
+    # "On ... " lines that never say "wrote:" made the library's pattern backtrack for
+    # minutes; such lines are hidden from it and come back unchanged.
+    nasty = ("On Mon " + "x " * 5000 + "\n") * 20
+    assert wire.strip_quoted(nasty) == nasty.strip()
+
+
+def test_it_keeps_a_long_mail_whole_when_it_quotes_nothing():
+    text = "a line of text\n" * 10_000  # past the part scanned for quote headers
+    assert wire.strip_quoted(text) == text.strip()

@@ -71,7 +71,7 @@ BOUNCE_CODE = 3464  # RFC 3464, "An Extensible Message Format for Delivery Statu
 # References grow with every exchange; keep the root and the most recent ids (D1).
 MAX_REFERENCES = 20
 # Reply stripping is regular-expression work: a pathological body must not stall the worker.
-MAX_REPLY_SCAN = 200_000
+MAX_REPLY_SCAN = 50_000
 
 Category = Literal["message", "auto_reply", "bounce"]
 
@@ -393,6 +393,10 @@ def html_to_text(html: str) -> str:
     return "\n".join(line.strip() for line in text.splitlines()).strip()
 
 
+LONG_LINE_RE = re.compile(r"(?m)^[^\n]{160,}$")
+PLACEHOLDER_RE = re.compile(r"MADOGUCHILONGLINE(\d+)X")
+
+
 def strip_quoted(text: str) -> str:
     """The new part of a reply: the history under "On ... wrote:" / "From: ... Sent: ..." /
     "-----Original Message-----" and trailing "> " lines removed.
@@ -404,10 +408,25 @@ def strip_quoted(text: str) -> str:
     if not text.strip():
         return ""
     scanned = text[:MAX_REPLY_SCAN]
+    # The library's header patterns backtrack badly on long lines ("On x x x ... " without
+    # "wrote:" took minutes): no quote header is that long, so long lines are hidden from it
+    # behind placeholders and put back afterwards.
+    long_lines: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        long_lines.append(match.group(0))
+        return f"MADOGUCHILONGLINE{len(long_lines) - 1}X"
+
+    masked = LONG_LINE_RE.sub(hide, scanned)
     try:
-        reply = REPLY_PARSER.parse_reply(scanned) or ""
+        reply = REPLY_PARSER.parse_reply(masked) or ""
     except (RecursionError, ValueError, IndexError):
-        reply = scanned
+        reply = masked
+    if long_lines:
+        reply = PLACEHOLDER_RE.sub(lambda m: long_lines[int(m.group(1))].strip(), reply)
+    if len(text) > MAX_REPLY_SCAN and len(reply) >= len(scanned.strip()) * 0.9:
+        # No quote header in the part scanned: the new text goes on past it, keep it all.
+        reply = text
     lines = reply.replace("\r\n", "\n").split("\n")
     while lines and (not lines[-1].strip() or lines[-1].lstrip().startswith(">")):
         lines.pop()
