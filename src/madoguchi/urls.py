@@ -39,6 +39,7 @@ urlpatterns = [
     path("c/<int:conversation_id>/attach", actions.send_attachment, name="send_attachment"),
     path("c/<int:conversation_id>/note", actions.add_note, name="add_note"),
     path("c/<int:conversation_id>/claim", actions.claim, name="claim"),
+    path("c/<int:conversation_id>/merge", actions.merge_contacts, name="merge_contacts"),
     path("c/<int:conversation_id>/assign", actions.assign, name="assign"),
     path("c/<int:conversation_id>/status", actions.set_status, name="set_status"),
     path("c/<int:conversation_id>/seen", actions.mark_seen, name="mark_seen"),

@@ -8,6 +8,7 @@ import { conversationRow, me, message as renderMessage, toast, when, windowLeft 
 import { installShortcuts } from "./shortcuts.js";
 
 const gettext = window.gettext || ((s) => s);
+const interpolate = window.interpolate || ((fmt, obj) => fmt.replace(/%\((\w+)\)s/g, (_, k) => obj[k]));
 const listPane = document.getElementById("list-pane");
 const threadPane = document.getElementById("thread-pane");
 
@@ -35,9 +36,22 @@ async function reloadList() {
   }
 }
 
+// The reply channel chosen in the open thread, kept across re-renders of that thread.
+function chosenVia(id) {
+  const t = thread();
+  return t && Number(t.dataset.id) === id ? t.dataset.via || "" : "";
+}
+
+// The contact's conversations shown in the open thread (its whole history across channels).
+function threadConversations() {
+  const t = thread();
+  return new Set((t?.dataset.conversations || "").split(",").filter(Boolean).map(Number));
+}
+
 async function loadThread(id, { push = false } = {}) {
   if (!threadPane) { location.href = `/c/${id}`; return; }
-  const html = await fetchHtml(`/fragments/thread/${id}`);
+  const via = chosenVia(id);
+  const html = await fetchHtml(`/fragments/thread/${id}${via ? `?via=${encodeURIComponent(via)}` : ""}`);
   if (html === null) {
     toast(gettext("This conversation is no longer visible to you."), "error");
     showList(true);
@@ -143,13 +157,19 @@ function enhanceThread() {
     });
   });
   addReplyButtons(t);
+  enhanceViaChooser();
+  enhanceMergeSearch(t);
   scrollToEnd();
   markSeen();
 }
 
 function addReplyButtons(root) {
+  // A quote can only point at a message on the channel the reply goes out on.
+  const channel = document.getElementById("composer")?.dataset.channel || "";
   root.querySelectorAll(".msg.in:not(.kind-reaction)").forEach((item) => {
-    if (item.querySelector(".reply-button") || !document.querySelector(".pane[data-pane=reply]")) return;
+    const elsewhere = channel && item.dataset.channel && item.dataset.channel !== channel;
+    if (elsewhere) item.querySelector(".reply-button")?.remove();
+    if (elsewhere || item.querySelector(".reply-button") || !document.querySelector(".pane[data-pane=reply]")) return;
     const button = document.createElement("button");
     button.type = "button";
     button.className = "reply-button";
@@ -180,6 +200,115 @@ function markSeen() {
   seenTimer = setTimeout(() => post(`/c/${t.dataset.id}/seen`, new FormData()).catch(() => {}), 300);
 }
 
+// The composer again, for another reply channel (or after that channel's state changed);
+// what the agent typed stays.
+let composerLoading = null;
+async function refreshComposer(via) {
+  const t = thread();
+  if (!t) return;
+  const id = openId();
+  const wanted = via ?? t.dataset.via ?? "";
+  const html = await fetchHtml(`/fragments/thread/${id}${wanted ? `?via=${encodeURIComponent(wanted)}` : ""}`);
+  if (html === null || openId() !== id) return;
+  const fresh = new DOMParser().parseFromString(html, "text/html");
+  const composer = fresh.getElementById("composer");
+  const old = document.getElementById("composer");
+  if (!composer || !old) return;
+  const typed = {};
+  old.querySelectorAll(".pane textarea").forEach((area) => { typed[area.closest(".pane").dataset.pane] = area.value; });
+  old.replaceWith(composer);
+  composer.querySelectorAll(".pane textarea").forEach((area) => {
+    const value = typed[area.closest(".pane").dataset.pane];
+    if (value) area.value = value;
+  });
+  t.dataset.via = composer.dataset.via || "";
+  const freshThread = fresh.getElementById("thread");
+  if (freshThread) t.dataset.conversations = freshThread.dataset.conversations;
+  enhanceForms(composer, { afterAction });
+  enhanceComposer(composer, { conversationId: id });
+  enhanceViaChooser();
+  addReplyButtons(document.getElementById("timeline"));
+}
+
+function scheduleComposerRefresh() {
+  if (composerLoading) return;
+  composerLoading = setTimeout(() => { composerLoading = null; refreshComposer().catch(() => {}); }, 400);
+}
+
+function enhanceViaChooser() {
+  const select = document.querySelector("[data-via-chooser] select");
+  if (!select || select.dataset.enhanced) return;
+  select.dataset.enhanced = "1";
+  select.addEventListener("change", () => {
+    refreshComposer(select.value).catch(() => { select.form.submit(); });
+  });
+}
+
+// Merging contacts: the other contact found as one types (the same search without script
+// reloads the page with the results).
+function enhanceMergeSearch(root) {
+  const form = root.querySelector("[data-merge-search]");
+  if (!form || form.dataset.enhanced) return;
+  form.dataset.enhanced = "1";
+  const results = form.parentElement.querySelector("[data-merge-results]");
+  const input = form.querySelector("input[name=merge_q]");
+  let timer = null;
+  async function search() {
+    const q = input.value.trim();
+    if (q.length < 2) { results.replaceChildren(); return; }
+    const response = await fetch(`/api/v1/contacts?q=${encodeURIComponent(q)}&exclude=${form.dataset.mergeSearch}&limit=10`, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const { items } = await response.json();
+    if (input.value.trim() !== q) return;
+    results.replaceChildren(...(items.length ? items.map((c) => mergeCandidate(c, form)) : [noMatch()]));
+    enhanceForms(results, { afterAction });
+  }
+  form.addEventListener("submit", (event) => { event.preventDefault(); search().catch(() => {}); });
+  input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => search().catch(() => {}), 250); });
+  enhanceForms(results, { afterAction });
+}
+
+function noMatch() {
+  const li = document.createElement("li");
+  li.className = "muted";
+  li.textContent = gettext("No other contact matches.");
+  return li;
+}
+
+function mergeCandidate(c, searchForm) {
+  const li = document.createElement("li");
+  const form = document.createElement("form");
+  form.method = "post";
+  form.action = `/c/${openId()}/merge`;
+  form.setAttribute("data-ajax", "");
+  form.dataset.confirm = interpolate(gettext("Merge %(name)s into this contact? This cannot be undone."), { name: c.name }, true);
+  const csrf = searchForm.closest(".thread-head")?.querySelector("input[name=csrfmiddlewaretoken]");
+  if (csrf) form.append(csrf.cloneNode());
+  const hidden = document.createElement("input");
+  hidden.type = "hidden";
+  hidden.name = "contact";
+  hidden.value = String(c.id);
+  const who = document.createElement("span");
+  who.className = "who";
+  const name = document.createElement("strong");
+  name.dir = "auto";
+  name.textContent = c.name;
+  who.append(name);
+  for (const identity of c.identities) {
+    const via = document.createElement("span");
+    via.className = "via";
+    via.dataset.kind = identity.channel.kind;
+    via.textContent = `${identity.channel.name} · ${identity.handle}`;
+    who.append(via);
+  }
+  const button = document.createElement("button");
+  button.type = "submit";
+  button.textContent = gettext("Merge here");
+  form.append(hidden, who, button);
+  li.append(form);
+  return li;
+}
+
 function afterAction(form, result) {
   // Claims, hand-overs and status changes change what the composer may do: re-render it.
   if (result.conversation) {
@@ -187,12 +316,16 @@ function afterAction(form, result) {
     refreshCounts();
     if (result.conversation.id === openId()) loadThread(openId());
   }
-  if (result.message) appendMessage(result.message);
+  if (result.message) {
+    // Sent on another channel into a conversation this thread does not show yet: re-render.
+    if (!threadConversations().has(result.message.conversation)) loadThread(openId());
+    else appendMessage(result.message);
+  }
 }
 
 function appendMessage(m) {
   const timeline = document.getElementById("timeline");
-  if (!timeline || m.conversation !== openId()) return;
+  if (!timeline || (m.conversation !== openId() && !threadConversations().has(m.conversation))) return;
   const existing = document.getElementById(`m${m.id}`);
   const quote = m.reply_to ? document.querySelector(`#m${m.reply_to} .text`)?.textContent : null;
   const node = renderMessage(m, quote ? quote.slice(0, 160) : null);
@@ -223,6 +356,15 @@ function onEvent(event) {
         loadThread(c.id); // who may reply (or how) changed: the composer must follow
       }
     }
+    if (t && c.id !== openId() && c.contact && String(c.contact.id) === t.dataset.contact) {
+      // Another conversation with this contact: new ones join the thread; the others may have
+      // changed what the reply-channel chooser offers.
+      if (!threadConversations().has(c.id)) loadThread(openId());
+      else scheduleComposerRefresh();
+    }
+  } else if (event.type === "contact" && event.op === "merged") {
+    const t = thread();
+    if (t && [String(event.id), String(event.merged)].includes(t.dataset.contact)) loadThread(openId());
   } else if (event.type === "conversation" && event.op === "remove") {
     list()?.querySelector(`.row[data-id="${event.id}"]`)?.remove();
     refreshCounts();

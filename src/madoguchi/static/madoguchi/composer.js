@@ -35,6 +35,7 @@ export function enhanceForms(root, { afterAction }) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
       if (form.dataset.templateIndex !== undefined && !checkTemplateForm(form)) return;
+      if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
       const button = form.querySelector("button[type=submit]");
       if (button) button.disabled = true;
       try {
@@ -127,6 +128,7 @@ export function setReplyTo(composer, message) {
 async function upload(url, file, composer) {
   const body = new FormData();
   body.append("file", file, file.name);
+  if (composer.dataset.via) body.append("via", composer.dataset.via); // the chosen channel
   const area = composer.querySelector(".pane[data-pane=reply] textarea");
   if (area && area.value.trim() && file.type.match(/^(image|video)\/|pdf/)) {
     body.append("caption", area.value.trim());

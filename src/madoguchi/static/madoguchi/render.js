@@ -104,7 +104,7 @@ const MEDIA_KINDS = new Set(["image", "sticker", "audio", "video", "document"]);
 export function message(m, quoteText) {
   const classes = ["msg", m.direction, `kind-${m.kind}`];
   if (m.status === "failed") classes.push("failed");
-  const item = el("li", { class: classes.join(" "), id: `m${m.id}`, dataset: { id: String(m.id) } });
+  const item = el("li", { class: classes.join(" "), id: `m${m.id}`, dataset: { id: String(m.id), channel: m.channel ? String(m.channel.id) : "" } });
   if (m.kind === "note") {
     item.append(el("span", { class: "note-label", text: gettext("Private note") + (m.author ? ` · ${m.author.name}` : "") }));
   } else if (m.direction === "out" && m.author) {
@@ -141,7 +141,15 @@ export function message(m, quoteText) {
   }
   // The customer's own time for inbound messages (a late delivery keeps its real time).
   const at = m.platform_timestamp || m.created_at;
-  const meta = el("span", { class: "meta" }, el("time", { datetime: at, text: when(at) }));
+  const meta = el("span", { class: "meta" });
+  // The channel each message came or went on: one thread holds the contact's every channel.
+  if (m.channel) {
+    meta.append(el("span", {
+      class: "via", dataset: { kind: m.channel.kind }, text: m.channel.name,
+      title: interpolate(gettext("On %(name)s"), { name: m.channel.name }, true),
+    }), " ");
+  }
+  meta.append(el("time", { datetime: at, text: when(at) }));
   if (m.direction === "out" && m.kind !== "note" && m.status) {
     meta.append(" ", el("span", { class: `tick ${m.status}`, title: m.status, "aria-label": m.status, text: TICKS[m.status] || "" }));
   }

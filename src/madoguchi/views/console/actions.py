@@ -24,10 +24,12 @@ from django.views.decorators.http import require_POST
 
 from madoguchi.actions import conversations as conversation_actions
 from madoguchi.actions import outbound
+from madoguchi.actions.contacts import check_can_merge, check_send_via, do_merge_contacts
 from madoguchi.actions.replies import check_delete_canned_reply, check_save_canned_reply
 from madoguchi.actions.users import do_update_preferences
 from madoguchi.errors import Invalid, MadoguchiError, NotFound
-from madoguchi.models import Channel, Conversation, User
+from madoguchi.models import Channel, ContactIdentity, Conversation, Message, User
+from madoguchi.queries.contacts import access_contact, identity_for_reply
 from madoguchi.queries.conversations import access_conversation
 from madoguchi.queries.serialize import conversation_json, message_json
 
@@ -79,15 +81,25 @@ def optional_int(value: str | None, field: str) -> int | None:
         ) from None
 
 
+def reply_via(request: HttpRequest, conversation: Conversation) -> ContactIdentity | None:
+    """The contact's identity the composer chose (``via``), or None for this conversation's."""
+    identity_id = optional_int(request.POST.get("via"), "via")
+    if identity_id is None or identity_id == conversation.identity_id:
+        return None
+    return identity_for_reply(conversation, identity_id=identity_id)
+
+
 @console_action
 def send_text(request: HttpRequest, conversation_id: int) -> dict[str, Any]:
     conversation = conversation_of(request, conversation_id)
-    message = outbound.check_send_text(
-        request.user,
-        conversation,
-        request.POST.get("text", ""),
-        reply_to_id=optional_int(request.POST.get("reply_to"), "reply_to"),
-    )
+    text = request.POST.get("text", "")
+    reply_to = optional_int(request.POST.get("reply_to"), "reply_to")
+
+    def send(target: Conversation) -> Message:
+        return outbound.check_send_text(request.user, target, text, reply_to_id=reply_to)
+
+    via = reply_via(request, conversation)
+    message = check_send_via(request.user, conversation, via, send)
     return {"message": message_json(message)}
 
 
@@ -125,9 +137,13 @@ def template_request_from(request: HttpRequest) -> dict[str, Any]:
 @console_action
 def send_template(request: HttpRequest, conversation_id: int) -> dict[str, Any]:
     conversation = conversation_of(request, conversation_id)
-    message = outbound.check_send_template(
-        request.user, conversation, template_request_from(request)
-    )
+    template = template_request_from(request)
+
+    def send(target: Conversation) -> Message:
+        return outbound.check_send_template(request.user, target, template)
+
+    via = reply_via(request, conversation)
+    message = check_send_via(request.user, conversation, via, send)
     return {"message": message_json(message)}
 
 
@@ -138,14 +154,20 @@ def send_attachment(request: HttpRequest, conversation_id: int) -> dict[str, Any
     if upload is None:
         raise Invalid(_("Choose a file to send."), code="empty_file")
     outbound.check_upload_size(conversation, upload.size or 0)
-    message = outbound.check_send_media(
-        request.user,
-        conversation,
-        content=upload.read(),
-        filename=upload.name or "file",
-        mime_type=upload.content_type or "application/octet-stream",
-        caption=request.POST.get("caption", ""),
-    )
+    content = upload.read()
+
+    def send(target: Conversation) -> Message:
+        return outbound.check_send_media(
+            request.user,
+            target,
+            content=content,
+            filename=upload.name or "file",
+            mime_type=upload.content_type or "application/octet-stream",
+            caption=request.POST.get("caption", ""),
+        )
+
+    via = reply_via(request, conversation)
+    message = check_send_via(request.user, conversation, via, send)
     return {"message": message_json(message)}
 
 
@@ -154,6 +176,20 @@ def add_note(request: HttpRequest, conversation_id: int) -> dict[str, Any]:
     conversation = conversation_of(request, conversation_id)
     note = outbound.check_add_note(request.user, conversation, request.POST.get("text", ""))
     return {"message": message_json(note)}
+
+
+@console_action
+def merge_contacts(request: HttpRequest, conversation_id: int) -> dict[str, Any]:
+    """Merge another contact into this conversation's contact (supervisors and admins)."""
+    check_can_merge(request.user)
+    conversation = conversation_of(request, conversation_id)
+    other_id = optional_int(request.POST.get("contact"), "contact")
+    if other_id is None:
+        raise Invalid(_("Choose the contact to merge."), code="invalid_request")
+    other = access_contact(request.user, other_id)
+    do_merge_contacts(request.user, conversation.contact, other)
+    flash.success(request, _("The contacts were merged."))
+    return {"conversation": conversation_json(conversation_of(request, conversation_id))}
 
 
 @console_action

@@ -18,7 +18,9 @@ from django.views.decorators.http import require_GET
 from madoguchi.errors import NotFound
 from madoguchi.models import CannedReply, Channel, Conversation, Message, Team, Template, User
 from madoguchi.providers.registry import provider_class
+from madoguchi.queries import contacts as contact_queries
 from madoguchi.queries import conversations as queries
+from madoguchi.queries.contacts import ReplyChannel
 from madoguchi.queries.search import search as search_inbox
 from madoguchi.queries.serialize import conversation_json, message_json, user_json
 from madoguchi.rules.window import identity_window
@@ -66,8 +68,14 @@ def list_context(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-def composer_state(user: User, conversation: Conversation) -> dict[str, Any]:
-    """What the composer shows: the rules decide, the page only displays their answer."""
+def composer_state(
+    user: User, conversation: Conversation, via: ReplyChannel | None = None
+) -> dict[str, Any]:
+    """What the composer shows: the rules decide, the page only displays their answer.
+
+    ``via`` is the contact's identity the reply would go out on (None: this conversation's):
+    its own channel's rule gives the mode, and a colleague holding the conversation there
+    closes it (a supervisor reassigns first)."""
     if user.is_watcher:
         return {"mode": "readonly"}
     if conversation.assignee_id != user.pk:
@@ -76,6 +84,16 @@ def composer_state(user: User, conversation: Conversation) -> dict[str, Any]:
             "owner": user_json(conversation.assignee),
             "can_claim": conversation.assignee_id is None,
         }
+    if via is not None:
+        state = {
+            "via": via.identity.pk,
+            "window": via.window,
+            "channel": via.identity.channel,
+            "other_channel": via.identity.pk != conversation.identity_id,
+        }
+        if not via.available:
+            return state | {"mode": "held", "holder": via.owner}
+        return state | {"mode": via.mode, "refusal": via.refusal}
     window = conversation_json(conversation)["window"]
     if window["open"]:
         return {"mode": "free", "window": window}
@@ -110,8 +128,19 @@ def parse_time(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
-def thread_context(user: User, conversation: Conversation) -> dict[str, Any]:
-    messages = queries.history(user, conversation, limit=100)
+def thread_context(
+    user: User, conversation: Conversation, *, via: str = "", merge_q: str = ""
+) -> dict[str, Any]:
+    """The thread: the whole history with the contact on every channel the viewer may read,
+    and the composer for the reply channel ``via`` (an identity id; default: the one the
+    customer wrote from last). ``merge_q``: contacts to merge with (supervisors, admins)."""
+    messages = contact_queries.contact_history(user, conversation, limit=100)
+    events = contact_queries.contact_assignment_history(user, conversation)
+    channels_of = dict(
+        Conversation.objects.filter(pk__in={e.conversation_id for e in events}).values_list(
+            "pk", "channel__name"
+        )
+    )
     history = [
         {
             "action": event.action.split(".", 1)[1],
@@ -119,8 +148,9 @@ def thread_context(user: User, conversation: Conversation) -> dict[str, Any]:
             "assignee": event.data.get("assignee"),
             "note": event.data.get("note", ""),
             "created_at": event.created_at,
+            "channel": channels_of.get(event.conversation_id, ""),
         }
-        for event in queries.assignment_history(user, conversation)
+        for event in events
     ]
     names = dict(
         User.objects.filter(pk__in=[h["assignee"] for h in history if h["assignee"]]).values_list(
@@ -142,11 +172,31 @@ def thread_context(user: User, conversation: Conversation) -> dict[str, Any]:
         {"type": "event", **h} for h in history
     ]
     timeline.sort(key=lambda item: str(parse_time(item["created_at"])))
+    reply_channels: list[ReplyChannel] = []
+    chosen = None
+    if not user.is_watcher and conversation.assignee_id == user.pk:
+        reply_channels = contact_queries.reply_channels(user, conversation)
+        by_id = {str(c.identity.pk): c for c in reply_channels}
+        # Default: where the customer wrote last, unless a colleague holds that one.
+        available = [c for c in reply_channels if c.available]
+        chosen = by_id.get(via) or next(iter(available or reply_channels), None)
+    can_merge = user.is_supervisor_or_admin
+    merge_candidates = []
+    if can_merge and merge_q:
+        merge_candidates = contact_queries.contacts_json(
+            contact_queries.find_contacts(user, merge_q, exclude_id=conversation.contact_id)
+        )
+    conversation_ids = sorted(
+        {m.conversation_id for m in messages}
+        | set(contact_queries.readable_contact_conversation_ids(user, conversation.contact_id))
+    )
     return {
         "conversation": conversation_json(conversation),
+        "contact_conversations": ",".join(str(i) for i in conversation_ids),
         "timeline": timeline,
-        "composer": composer_state(user, conversation),
-        "templates": templates_for(conversation.channel),
+        "composer": composer_state(user, conversation, chosen),
+        "reply_channels": [c.as_json() for c in reply_channels],
+        "templates": templates_for(chosen.identity.channel if chosen else conversation.channel),
         "colleagues": [
             user_json(u)
             for u in User.objects.filter(is_active=True)
@@ -156,6 +206,9 @@ def thread_context(user: User, conversation: Conversation) -> dict[str, Any]:
         ],
         "canned": list(CannedReply.objects.order_by("shortcut").values("shortcut", "text")),
         "can_reassign": user.is_supervisor_or_admin,
+        "can_merge": can_merge,
+        "merge_q": merge_q,
+        "merge_candidates": merge_candidates,
     }
 
 
@@ -169,7 +222,12 @@ def inbox(request: HttpRequest, conversation_id: int | None = None) -> HttpRespo
             conversation = queries.access_conversation(request.user, conversation_id)
         except NotFound:
             raise Http404 from None
-        context |= thread_context(request.user, conversation)
+        context |= thread_context(
+            request.user,
+            conversation,
+            via=request.GET.get("via", ""),
+            merge_q=request.GET.get("merge_q", ""),
+        )
     return render(request, "madoguchi/inbox.html", context)
 
 
@@ -198,7 +256,13 @@ def thread_fragment(request: HttpRequest, conversation_id: int) -> HttpResponse:
         conversation = queries.access_conversation(request.user, conversation_id)
     except NotFound:
         raise Http404 from None
-    return render(request, "madoguchi/_thread.html", thread_context(request.user, conversation))
+    context = thread_context(
+        request.user,
+        conversation,
+        via=request.GET.get("via", ""),
+        merge_q=request.GET.get("merge_q", ""),
+    )
+    return render(request, "madoguchi/_thread.html", context)
 
 
 @login_required
