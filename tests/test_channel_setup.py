@@ -179,6 +179,11 @@ def test_it_reports_an_unreachable_platform_and_saves_nothing(server: LiveServer
     assert not Channel.objects.exists()
 
 
+def test_a_malformed_api_base_is_refused_before_any_call(transactional_db: None) -> None:
+    refused(madoguchi(*viber_args(api_base="http://[::1")), "invalid_field")
+    assert not Channel.objects.exists()
+
+
 def test_viber_cannot_be_set_up_offline(server: LiveServer) -> None:
     result = madoguchi(*viber_args(api_base=server.url), "--no-check")
     assert result.returncode == 2 and "--no-check" in result.stderr  # argparse: no such flag

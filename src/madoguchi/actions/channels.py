@@ -112,12 +112,18 @@ def check_outside_transaction() -> None:
 
 def platform_refusal(kind: str, exc: SendError) -> Invalid:
     """The Invalid error for a failed credential check: refused or unreachable."""
-    reason = provider_class(kind).explain_error(exc.error)
     if exc.permanent:
+        reason = provider_class(kind).explain_error(exc.error)
         return Invalid(
             _("The platform refused these credentials: %(reason)s") % {"reason": reason},
             code="invalid_credentials",
         )
+    # The providers' explanations of transient errors speak of retrying a message: say what
+    # happened instead (a timeout, a refused connection, an HTTP 5xx).
+    error = exc.error
+    reason = error.title or str(error.code)
+    if error.details:
+        reason = f"{reason} ({error.details})"
     return Invalid(
         _("The platform could not be reached: %(reason)s") % {"reason": reason},
         code="platform_unreachable",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from django.utils.translation import gettext_lazy as _l
 
@@ -210,6 +211,21 @@ def kind_setup(kind: str) -> KindSetup:
         ) from None
 
 
+def is_http_url(text: str) -> bool:
+    """An http(s) URL with a host (and a valid port, if any), nothing else."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and text.isascii()
+        and not any(c.isspace() for c in text)
+    )
+
+
 def clean_value(spec: SetupField, raw: Any) -> Any:
     """One field's value, typed; "" (or False) for an empty one. Raises Invalid."""
     if spec.type == "bool":
@@ -230,7 +246,7 @@ def clean_value(spec: SetupField, raw: Any) -> Any:
         return int(text)
     if spec.type == "choice" and text not in spec.choices:
         raise invalid
-    if spec.type == "url" and not text.startswith(("http://", "https://")):
+    if spec.type == "url" and not is_http_url(text):
         raise invalid
     if spec.type == "email" and ("@" not in text or " " in text):
         raise invalid
