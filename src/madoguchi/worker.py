@@ -123,20 +123,19 @@ class Worker:
             .order_by("run_at", "id")
             .values_list("id", flat=True)[:limit]
         )
-        claimed = []
-        for job_id in ids:
-            won = (
-                Job.objects.filter(pk=job_id)
-                .filter(lease_free(now))
-                .update(
-                    lease_until=now + self.lease,
-                    claimed_by=self.name[:64],
-                    attempts=F("attempts") + 1,
-                )
+        if not ids:
+            return []
+        # One conditional UPDATE for the batch; the rows carrying our name and this exact lease
+        # are the ones we won (another worker may have taken some in between).
+        until = now + self.lease
+        Job.objects.filter(pk__in=ids).filter(lease_free(now)).update(
+            lease_until=until, claimed_by=self.name[:64], attempts=F("attempts") + 1
+        )
+        return list(
+            Job.objects.filter(pk__in=ids, claimed_by=self.name[:64], lease_until=until).order_by(
+                "run_at", "id"
             )
-            if won:
-                claimed.append(job_id)
-        return list(Job.objects.filter(pk__in=claimed).order_by("run_at", "id"))
+        )
 
     def renew_lease(self, job: Job) -> bool:
         """Extend our lease just before running the job; False if another worker took it since

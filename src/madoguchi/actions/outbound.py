@@ -409,17 +409,28 @@ STATUS_FIELDS = ["status", "error_code", "error_title", "error_details", "data"]
 
 
 def do_record_sent(message_id: int, sent: SentMessage) -> Message:
-    """The platform accepted the message: queued -> sent, with its platform id."""
+    """The platform accepted the message: queued -> sent, with its platform id.
+
+    WhatsApp has no idempotency key: until the platform id is committed, a worker killed now
+    would send the message again when its job comes back. So the id (and ``sent``, from
+    ``queued`` only: statuses never go back) is committed first, by one statement of its own;
+    the audit row and the event follow in a second transaction."""
+    platform_id = sent.platform_message_id
+    moved = Message.objects.filter(pk=message_id, status="queued").update(
+        platform_message_id=platform_id, status="sent"
+    )
+    if not moved:  # failed meanwhile (given up): keep its status, remember the id all the same
+        Message.objects.filter(pk=message_id).update(platform_message_id=platform_id)
     with transaction.atomic():
-        message = load_for_update(message_id)
-        message.platform_message_id = sent.platform_message_id
-        advance_status(message, "sent")
-        message.save(update_fields=["platform_message_id", *STATUS_FIELDS])
+        # what the audit row and the event read: the author, the conversation and its channel
+        message = Message.objects.select_related("author", "conversation__channel").get(
+            pk=message_id
+        )
         audit.record(
             "message.sent",
             conversation=message.conversation,
             message=message,
-            platform_id=sent.platform_message_id,
+            platform_id=platform_id,
         )
         publish_message(message, message.conversation, op="update")
     return message
