@@ -454,3 +454,16 @@ def test_an_outbound_file_is_uploaded_with_the_send(
     record = messenger_sim.sent_to(PSID)[0]
     assert record.upload == ("image/png", len(png))
     assert record.body["message"]["attachment"]["type"] == "image"
+
+
+# -- read receipts from the business ----------------------------------------------------------
+
+
+def test_opening_the_conversation_marks_the_thread_seen(
+    api_as, messenger_sim, worker, conversation
+):
+    api_as("aiko").post(f"/conversations/{conversation.pk}/seen")
+    worker.run_until_idle()
+    actions = [(psid, action) for _page, psid, action, _t in messenger_sim.simulator.sender_actions]
+    assert actions == [(PSID, "mark_seen")]
+    assert not Job.objects.exists()

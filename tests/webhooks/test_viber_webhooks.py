@@ -420,3 +420,12 @@ def test_inbound_files_are_never_served_publicly(server, viber_sim, worker, sett
     run_worker_until(worker, lambda: Message.objects.get().media_state == "stored")
     inbound = Message.objects.get()
     assert httpx.get(public_media_url(inbound)).status_code == 404
+
+
+def test_opening_the_conversation_calls_nothing_on_viber(api_as, viber_sim, worker, conversation):
+    requests_before = len(viber_sim.simulator.requests)
+    seen = api_as("aiko").post(f"/conversations/{conversation.pk}/seen")
+    assert seen["unread_count"] == 0
+    worker.run_until_idle()
+    assert len(viber_sim.simulator.requests) == requests_before  # Viber has no read receipts
+    assert not Job.objects.exists()
