@@ -395,3 +395,40 @@ def test_the_contact_search_finds_by_name_and_handle(api_as, two_contacts):
     assert [c["id"] for c in by_handle] == [two_contacts["merge"].pk]
     assert api_as("sora").get("/contacts?q=%25%25")["items"] == []
     assert DISPLAY_NUMBER  # the first number's display handle is not a contact's
+
+
+# -- the console ---------------------------------------------------------------------------------
+
+
+def test_the_console_merges_and_offers_the_contacts_channels(two_contacts, second, users):
+    from django.test import Client
+
+    from tests.test_console import login
+
+    first, other = two_contacts["first"], two_contacts["other"]
+    sora, aiko = Client(), Client()
+    login(sora, "sora")
+    login(aiko, "aiko")
+    found = sora.get(f"/c/{first.pk}?merge_q=Yuki+T").content.decode()
+    assert f'name="contact" value="{other.contact_id}"' in found
+    refused = aiko.post(
+        f"/c/{first.pk}/merge", {"contact": other.contact_id}, HTTP_ACCEPT="application/json"
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    merged = sora.post(
+        f"/c/{first.pk}/merge", {"contact": other.contact_id}, HTTP_ACCEPT="application/json"
+    )
+    assert merged.status_code == 200
+    page = aiko.get(f"/c/{first.pk}").content.decode()
+    assert "osaka shop question" in page and 'title="On Shop Osaka">Shop Osaka</span>' in page
+    assert "data-via-chooser" in page
+    # another channel chosen: the form posts it, and the reply goes there
+    chosen = ContactIdentity.objects.get(handle=OTHER_PHONE)
+    page = aiko.get(f"/c/{first.pk}?via={chosen.pk}").content.decode()
+    assert f'name="via" value="{chosen.pk}"' in page
+    sent = aiko.post(
+        f"/c/{first.pk}/send",
+        {"text": "from the console", "via": chosen.pk},
+        HTTP_ACCEPT="application/json",
+    )
+    assert sent.json()["message"]["conversation"] == other.pk
