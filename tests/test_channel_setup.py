@@ -456,3 +456,23 @@ def test_an_admin_deactivates_a_channel_and_its_webhooks_are_refused(
     assert admin.post(f"/channels/{channel.pk}/active", {"active": "1"}).status_code == 302
     channel.refresh_from_db()
     assert channel.is_active
+
+
+def test_reactivating_a_viber_channel_registers_its_webhook_again(
+    server: LiveServer, users: dict[str, Any], viber: Any, settings: Any
+) -> None:
+    from madoguchi.actions.channels import check_create_channel
+    from madoguchi.providers.registry import provider_for
+
+    settings.PUBLIC_URL = server.url
+    channel = check_create_channel(
+        None, kind="viber", name="Viber", values={"auth_token": VIBER_TOKEN, "api_base": viber.url}
+    )
+    admin = console("admin")
+    assert admin.post(f"/channels/{channel.pk}/active", {"active": "0"}).status_code == 302
+    provider_for(channel).register_webhook("")  # meanwhile the bot's webhook was removed
+    assert viber.webhook_of(VIBER_TOKEN) == ""
+    assert admin.post(f"/channels/{channel.pk}/active", {"active": "1"}).status_code == 302
+    channel.refresh_from_db()
+    assert channel.is_active
+    assert viber.webhook_of(VIBER_TOKEN) == f"{server.url}{channel.webhook_path}"
