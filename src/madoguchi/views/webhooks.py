@@ -3,7 +3,9 @@
 ``GET /webhooks/<kind>/<channel_id>`` answers the platform's handshake. ``POST`` reads the body
 (refusing more than WEBHOOK_MAX_BYTES with 413 before reading it all), checks the signature over
 the raw bytes (401, nothing stored), checks the payload can be read (400, nothing stored), stores
-the raw body in one INSERT and only then answers 200. Processing happens in the worker.
+the raw body in one INSERT and only then answers 200: empty, or with the body the provider gives
+for platforms that read the answer (``Provider.webhook_response``: Viber's welcome message).
+Processing happens in the worker.
 
 It bypasses Django's request machinery on purpose: this path carries the platform's whole
 traffic (statuses at 3x the outgoing rate) and Meta wants a median answer under 250 ms.
