@@ -213,6 +213,9 @@ def test_it_finds_contacts_by_name_or_handle(users, receive, channel, monkeypatc
     assert [c.pk for c in search(admin, "藤花")[0]] == [hanako.pk]
     assert [c.pk for c in search(admin, "1111222")[0]] == [hanako.pk]
     assert len(search(admin, "8190")[0]) == 2
+    assert [c.pk for c in search(admin, "花子")[0]] == [hanako.pk]  # two characters
+    monkeypatch.setattr(search_module, "SHORT_CONVERSATIONS", 1)  # Ben's is the most recent
+    assert search(admin, "花子")[0] == []
     channel.visibility = "assigned_only"
     channel.save()
     assert search(users["aiko"], "佐藤")[0] == []

@@ -10,8 +10,9 @@ number of messages (migration 0005_message_search):
 
 Both match substrings in any script (Japanese included), ignoring case, but need 3 characters
 to use their trigrams. A 2-character query therefore reads only the latest ``SHORT_WINDOW``
-messages (newest first, stopping at the page size): bounded cost, recent results. One character
-is too broad to be a search; it finds nothing.
+messages and the ``SHORT_CONVERSATIONS`` most recently active conversations' contacts (newest
+first, stopping at the page size): bounded cost, recent results. One character is too broad to
+be a search; it finds nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ INDEXED_LENGTH = 3  # a trigram
 CONTACT_CANDIDATES = 2_000  # beyond this many matching contacts, a text is broad
 MAX_LENGTH = 200  # longer text is cut: whatever contains it contains its first 200 characters
 SHORT_WINDOW = 20_000  # the latest messages read for a query too short for the index
+SHORT_CONVERSATIONS = 5_000  # the most recently active conversations read for such a query
 
 
 def escape_like(text: str) -> str:
@@ -76,6 +78,16 @@ def search(user: User, text: str, *, limit: int = 30) -> tuple[list[Conversation
 def search_contacts(user: User, text: str, limit: int) -> list[Conversation]:
     """The readable conversations of contacts whose name or handle contains ``text``."""
     pattern = Value(f"%{escape_like(text)}%")
+    walk = Q(ContainsText(F("contact__name"), pattern)) | Q(
+        ContainsText(F("identity__handle"), pattern)
+    )
+    if len(text) < INDEXED_LENGTH:
+        # No trigram to look up: the most recently active conversations only (bounded cost).
+        recent = Conversation.objects.order_by("-last_message_at", "-id").values("pk")
+        matches = walk & Q(pk__in=recent[:SHORT_CONVERSATIONS])
+        return list(
+            conversations_for(user).filter(matches).order_by("-last_message_at", "-id")[:limit]
+        )
     by_name = Contact.objects.filter(ContainsText(F("name"), pattern))
     by_handle = ContactIdentity.objects.filter(ContainsText(F("handle"), pattern))
     contact_ids = list(by_name.values_list("id", flat=True)[: CONTACT_CANDIDATES + 1])
@@ -83,9 +95,7 @@ def search_contacts(user: User, text: str, limit: int) -> list[Conversation]:
     if len(contact_ids) > CONTACT_CANDIDATES or len(identity_ids) > CONTACT_CANDIDATES:
         # A broad text: walk the inbox order and stop at a page (matches are many, so a page
         # comes soon). Collecting every match first would cost a scan of all contacts.
-        matches = Q(ContainsText(F("contact__name"), pattern)) | Q(
-            ContainsText(F("identity__handle"), pattern)
-        )
+        matches = walk
     else:
         # A narrow one: those few contacts' conversations, through their own indexes.
         matches = Q(contact_id__in=contact_ids) | Q(identity_id__in=identity_ids)
