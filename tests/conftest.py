@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
 
-# Every test run gets its own data directory (secret key, media, SQLite files).
-os.environ.setdefault("MADOGUCHI_DATA_DIR", tempfile.mkdtemp(prefix="madoguchi-test-"))
 os.environ.setdefault("MADOGUCHI_RETRY_BASE_SECONDS", "0.05")
 os.environ.setdefault("MADOGUCHI_JOB_LEASE_SECONDS", "30")
 os.environ.setdefault("MADOGUCHI_PAIR_RETRY_BASE_SECONDS", "0.05")

@@ -1,9 +1,9 @@
 """``madoguchi demo``: the whole product in one process with no account anywhere.
 
-Embedded SQLite in the data directory, the WhatsApp Cloud API simulator on a free local port,
-an in-process worker, seeded users and simulated customers writing in several languages.
-Running it again reuses the data directory (users, channel, history) and points the channel at
-the new simulator.
+Embedded SQLite in the data directory, a simulator for each platform (WhatsApp Cloud API, Viber,
+Messenger) on free local ports, an in-process worker, seeded users and simulated customers
+writing in several languages on every channel. Running it again reuses the data directory
+(users, channels, history) and points the channels at the new simulators.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ DISPLAY_NUMBER = "15550783881"
 APP_SECRET = "demo-app-secret-not-for-production"
 ACCESS_TOKEN = "demo-access-token"
 VERIFY_TOKEN = "demo-verify-token"
+VIBER_TOKEN = "demo-viber-auth-token"
+VIBER_BOT_ID = "pa:5550783881000001"
+MESSENGER_PAGE_ID = "104850783881001"
+MESSENGER_APP_ID = "1234567890123456"
+MESSENGER_TOKEN = "demo-page-access-token"
+MESSENGER_SECRET = "demo-messenger-app-secret"
+MESSENGER_VERIFY = "demo-messenger-verify-token"
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +71,16 @@ def seed_canned_replies() -> None:
         CannedReply.objects.get_or_create(shortcut=shortcut, defaults={"text": text})
 
 
-def demo_channel(api_base: str) -> Any:
+def demo_channel(kind: str, business_handle: str, api_base: str, **fields: Any) -> Any:
+    """The demo's channel of ``kind``, created on first run (without asking the simulator: it
+    is the demo's own), pointed at this run's simulator after."""
     from madoguchi.actions.channels import do_create_channel
     from madoguchi.models import Channel
 
-    channel = Channel.objects.filter(kind="whatsapp", business_handle=PHONE_NUMBER_ID).first()
+    channel = Channel.objects.filter(kind=kind, business_handle=business_handle).first()
     if channel is None:
         return do_create_channel(
-            None,
-            kind="whatsapp",
-            name="Demo Shop WhatsApp",
-            business_handle=PHONE_NUMBER_ID,
-            account_handle=WABA_ID,
-            display_handle=DISPLAY_NUMBER,
-            api_base=api_base,
-            secrets={
-                "access_token": ACCESS_TOKEN,
-                "app_secret": APP_SECRET,
-                "verify_token": VERIFY_TOKEN,
-            },
+            None, kind=kind, business_handle=business_handle, api_base=api_base, **fields
         )
     channel.api_base = api_base
     channel.save(update_fields=["api_base"])
@@ -105,13 +103,115 @@ def seed_history(sim: Any) -> None:
     )
 
 
+class Simulators:
+    """The platform simulators of one demo run, each serving on a free local port, and the
+    simulated customers who write to them."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from madoguchi.simulators.messenger import MessengerSimulator
+        from madoguchi.simulators.viber import ViberSimulator
+        from madoguchi.simulators.whatsapp import WhatsAppSimulator
+
+        self.base = f"http://{host}:{port}"
+        self.whatsapp = WhatsAppSimulator(status_delays=(0.4, 1.0, 3.0), auto_read=True)
+        self.viber = ViberSimulator(receipt_delays=(0.6, 2.0))
+        self.messenger = MessengerSimulator(receipt_delays=(0.1, 0.6, 2.5))
+        self.running = [
+            self.whatsapp.serve_in_thread(),
+            self.viber.serve_in_thread(),
+            self.messenger.serve_in_thread(),
+        ]
+        self.channels = self.connect()
+
+    def connect(self) -> list[Any]:
+        wa_url, viber_url, messenger_url = (r.url for r in self.running)
+        whatsapp = demo_channel(
+            "whatsapp",
+            PHONE_NUMBER_ID,
+            wa_url,
+            name="Demo Shop WhatsApp",
+            account_handle=WABA_ID,
+            display_handle=DISPLAY_NUMBER,
+            secrets={
+                "access_token": ACCESS_TOKEN,
+                "app_secret": APP_SECRET,
+                "verify_token": VERIFY_TOKEN,
+            },
+        )
+        self.whatsapp.add_number(
+            phone_number_id=PHONE_NUMBER_ID,
+            waba_id=WABA_ID,
+            display_phone_number=DISPLAY_NUMBER,
+            access_token=ACCESS_TOKEN,
+            app_secret=APP_SECRET,
+            webhook_url=self.base + whatsapp.webhook_path,
+        )
+        viber = demo_channel(
+            "viber",
+            VIBER_BOT_ID,
+            viber_url,
+            name="Demo Shop Viber",
+            display_handle="Madoguchi Demo Shop",
+            secrets={"auth_token": VIBER_TOKEN},
+            options={
+                "sender_name": "Demo Shop",
+                "welcome_text": "Welcome to the Demo Shop! Write to us any time.",
+            },
+        )
+        # The bot's webhook is preset (as if set_webhook ran when the channel was connected).
+        self.viber.add_account(
+            VIBER_TOKEN, account_id=VIBER_BOT_ID, webhook_url=self.base + viber.webhook_path
+        )
+        messenger = demo_channel(
+            "messenger",
+            MESSENGER_PAGE_ID,
+            messenger_url,
+            name="Demo Shop Messenger",
+            display_handle="Madoguchi Demo Shop",
+            secrets={
+                "page_access_token": MESSENGER_TOKEN,
+                "app_secret": MESSENGER_SECRET,
+                "verify_token": MESSENGER_VERIFY,
+            },
+            options={"app_id": MESSENGER_APP_ID, "human_agent_tag": True},
+        )
+        self.messenger.add_page(
+            page_id=MESSENGER_PAGE_ID,
+            access_token=MESSENGER_TOKEN,
+            app_secret=MESSENGER_SECRET,
+            app_id=MESSENGER_APP_ID,
+            webhook_url=self.base + messenger.webhook_path,
+        )
+        return [whatsapp, viber, messenger]
+
+    def chatters(self) -> list[Any]:
+        """Customers on every channel; a fixed seed: a second run meets the same people."""
+        from madoguchi.simulators.messenger import MessengerChatter
+        from madoguchi.simulators.viber import ViberChatter
+        from madoguchi.simulators.whatsapp import CustomerChatter
+
+        return [
+            CustomerChatter(self.whatsapp, PHONE_NUMBER_ID, seed=7),
+            ViberChatter(self.viber, VIBER_TOKEN, seed=11),
+            MessengerChatter(self.messenger, MESSENGER_PAGE_ID, seed=13),
+        ]
+
+    def close(self) -> None:
+        for running in self.running:
+            running.stop()
+        for sim in (self.whatsapp, self.viber, self.messenger):
+            sim.close()
+
+
 def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
+    import random
+
     import uvicorn
     from django.conf import settings
     from django.core.management import call_command
 
     from madoguchi.actions.jobs import enqueue
-    from madoguchi.simulators.whatsapp import CustomerChatter, WhatsAppSimulator
+    from madoguchi.providers.registry import provider_class
 
     logging.getLogger("madoguchi").setLevel(logging.WARNING)
     os.environ["MADOGUCHI_INPROCESS_WORKER"] = "1"
@@ -119,19 +219,14 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
     seed_users()
     seed_canned_replies()
 
-    sim = WhatsAppSimulator(status_delays=(0.4, 1.0, 3.0), auto_read=True)
-    running = sim.serve_in_thread()
-    channel = demo_channel(running.url)
     local_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    sim.add_number(
-        phone_number_id=PHONE_NUMBER_ID,
-        waba_id=WABA_ID,
-        display_phone_number=DISPLAY_NUMBER,
-        access_token=ACCESS_TOKEN,
-        app_secret=APP_SECRET,
-        webhook_url=f"http://{local_host}:{port}{channel.webhook_path}",
-    )
-    enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")
+    if "MADOGUCHI_PUBLIC_URL" not in os.environ:
+        # Platforms fetch outbound files (Viber) from links on this address.
+        settings.PUBLIC_URL = f"http://{local_host}:{port}"
+    sims = Simulators(local_host, port)
+    for channel in sims.channels:
+        if provider_class(channel.kind).capabilities.has_templates:
+            enqueue("sync_templates", {"channel_id": channel.pk}, key=f"sync:{channel.pk}")
 
     stop = threading.Event()
     server = uvicorn.Server(
@@ -145,15 +240,16 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
             time.sleep(0.1)
         if stop.is_set():
             return
-        seed_history(sim)
-        # A fixed seed: a second run of the demo meets the same customers again.
-        chatter = CustomerChatter(sim, PHONE_NUMBER_ID, seed=7)
-        for _ in range(6):  # a morning's first messages
-            chatter.step()
-            time.sleep(0.5)
-        while not stop.wait(8.0 + 12.0 * chatter.rng.random()):
-            try:
+        seed_history(sims.whatsapp)
+        chatters = sims.chatters()
+        rng = random.Random(3)
+        for _ in range(4):  # a morning's first messages, on every channel
+            for chatter in chatters:
                 chatter.step()
+                time.sleep(0.3)
+        while not stop.wait(6.0 + 10.0 * rng.random()):
+            try:
+                rng.choice(chatters).step()
             except Exception:
                 log.warning("simulated customer failed to write", exc_info=True)
 
@@ -162,8 +258,11 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
     print(
         f"\n  Madoguchi demo: http://{local_host}:{port}/\n"
         f"  Data directory: {settings.DATA_DIR}\n"
-        f"  WhatsApp simulator: {running.url}\n\n"
-        f"  Logins (password for all: {DEMO_PASSWORD}):\n"
+        + "".join(
+            f"  {name} simulator: {running.url}\n"
+            for name, running in zip(("WhatsApp", "Viber", "Messenger"), sims.running, strict=True)
+        )
+        + f"\n  Logins (password for all: {DEMO_PASSWORD}):\n"
         + "".join(f"    {u:<6} {role}\n" for u, role, _ in DEMO_USERS)
         + "\n  Ctrl-C stops it.\n",
         flush=True,
@@ -174,6 +273,5 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
         pass  # uvicorn re-raises Ctrl-C after its graceful shutdown
     finally:
         stop.set()
-        running.stop()
-        sim.close()
+        sims.close()
         print("Madoguchi demo stopped.", flush=True)
