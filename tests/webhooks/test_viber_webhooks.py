@@ -429,3 +429,19 @@ def test_opening_the_conversation_calls_nothing_on_viber(api_as, viber_sim, work
     worker.run_until_idle()
     assert len(viber_sim.simulator.requests) == requests_before  # Viber has no read receipts
     assert not Job.objects.exists()
+
+
+def test_a_receipt_for_a_message_never_stored_here_ends_processed(server, viber_channel, worker):
+    """Viber's receipts of the welcome message (sent in a callback answer, never stored) name a
+    token we do not know: retried for a while, then the body is done, not left pending."""
+    assert post_viber(server, viber_channel, fixture_bytes("viber", "delivered")).is_success
+    raw = RawEvent.objects.get()
+    for _attempt in range(40):
+        worker.process_raw_events(worker.claim_raw_events())
+        raw.refresh_from_db()
+        if raw.processed_at is not None:
+            break
+        assert raw.attempts < 20  # the worker's last claim: it must be done by then
+        RawEvent.objects.filter(pk=raw.pk).update(lease_until=None)
+    assert raw.processed_at is not None
+    assert Message.objects.count() == 0

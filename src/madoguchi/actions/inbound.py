@@ -6,10 +6,15 @@ statuses only move forward, so processing one raw event twice changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -28,6 +33,7 @@ from madoguchi.models import (
 from madoguchi.providers.base import (
     InboundEvent,
     InboundMessage,
+    MediaRef,
     OutboundEcho,
     PlatformNotice,
     ReceiptWatermark,
@@ -36,10 +42,12 @@ from madoguchi.providers.base import (
     TemplateStatusUpdate,
 )
 from madoguchi.queries.serialize import conversation_json, message_json
+from madoguchi.queries.threads import conversation_id_for_key
 from madoguchi.realtime import wakeup
 from madoguchi.realtime.publish import has_audience, publish_on_commit
 from madoguchi.rules.access import recipients_for
 from madoguchi.rules.routing import sticky_assignee
+from madoguchi.storage import guess_extension
 
 from . import audit
 from .conversations import lock, publish_conversation
@@ -140,21 +148,113 @@ def message_data(inbound: InboundMessage) -> dict[str, Any]:
     return data
 
 
+def media_fields(media: MediaRef | None) -> dict[str, Any]:
+    """The media columns of an inbound message. Media announced by id or URL is "pending" (a
+    fetch_media job downloads it); media that came inside the event (``content``: an email
+    attachment) is written to storage now and "stored"."""
+    if media is None:
+        return {"media_platform_id": "", "media_mime": "", "media_filename": "", "media_state": ""}
+    fields: dict[str, Any] = {
+        "media_platform_id": clean(media.platform_media_id, 128),
+        "media_mime": clean(media.mime_type, 128),
+        "media_filename": clean(media.filename, 255),
+        "media_state": "pending",
+    }
+    if media.content is not None:
+        fields.update(
+            media_path=store_inline_media(media),
+            media_size=len(media.content),
+            media_state="stored",
+        )
+    return fields
+
+
+def store_inline_media(media: MediaRef) -> str:
+    """Write inline media under MEDIA_ROOT, named by its SHA-256: processing a body again (a
+    retry, a batch applied one by one) writes the same file, never a second copy."""
+    content = media.content or b""
+    digest = hashlib.sha256(content).hexdigest()
+    relative = f"inbound/{digest}{guess_extension(media.mime_type)}"
+    target = Path(settings.MEDIA_ROOT) / relative
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+        partial.write_bytes(content)
+        os.replace(partial, target)  # readers never see half a file
+    return relative
+
+
+def threaded_conversation(channel: Channel, inbound: InboundMessage) -> Conversation | None:
+    """The conversation an inbound message names (InboundMessage.thread_hints and
+    conversation_key), on this channel, whoever sent it; None when it names none. In order:
+    the key, then the hinted messages nearest first. A resolved conversation is reopened,
+    unless the contact has another active one on it (the message goes there)."""
+    candidates: list[int] = []
+    if inbound.conversation_key:
+        keyed = conversation_id_for_key(inbound.conversation_key)
+        if keyed is not None:
+            candidates.append(keyed)
+    hints = [clean(hint, 255) for hint in inbound.thread_hints if hint]
+    if hints:
+        found = dict(
+            Message.objects.filter(channel=channel, platform_message_id__in=hints)
+            .exclude(kind="note")
+            .values_list("platform_message_id", "conversation_id")
+        )
+        candidates += [found[hint] for hint in hints if hint in found]
+    conversation = None
+    for candidate in candidates:
+        conversation = (
+            Conversation.objects.select_related("identity", "identity__contact")
+            .filter(pk=candidate, channel=channel)
+            .first()
+        )
+        if conversation is not None:
+            break
+    if conversation is None or conversation.status != "resolved":
+        return conversation
+    active = (
+        Conversation.objects.filter(identity_id=conversation.identity_id)
+        .exclude(status="resolved")
+        .first()
+    )
+    if active is not None:
+        return active
+    conversation = lock(conversation)
+    conversation.status = "open"
+    conversation.snoozed_until = None
+    conversation.save(update_fields=["status", "snoozed_until"])
+    audit.record(
+        "conversation.open", conversation=conversation, previous="resolved", reason="reply"
+    )
+    return conversation
+
+
 def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | None:
     """Store one inbound message; None when it was already stored (a duplicate delivery).
+
+    A message that names its conversation (thread hints, a conversation key: an email reply)
+    goes there, even from another address of the customer; any other goes to the sender's
+    active conversation, or a new one for the contact's sticky owner.
 
     Safe against concurrent workers: the window start and the conversation's summary only move
     forward, and the conversation row is locked while it changes."""
     message_id = clean(inbound.platform_message_id, 255)
     if Message.objects.filter(channel=channel, platform_message_id=message_id).exists():
         return None
-    identity = identity_for(channel, inbound)
+    threaded = None
+    if inbound.thread_hints or inbound.conversation_key:
+        threaded = threaded_conversation(channel, inbound)
+    identity = threaded.identity if threaded is not None else identity_for(channel, inbound)
     # The window runs from the platform's timestamp of the latest inbound message: a late
     # delivery of an older message must not move it back (a conditional UPDATE, not a save).
     ContactIdentity.objects.filter(pk=identity.pk).filter(
         Q(last_inbound_at__isnull=True) | Q(last_inbound_at__lt=inbound.timestamp)
     ).update(last_inbound_at=inbound.timestamp)
-    conversation, _created = conversation_for(channel, identity, inbound.timestamp)
+    if threaded is None:
+        conversation, _created = conversation_for(channel, identity, inbound.timestamp)
+    else:
+        conversation = threaded
     conversation = lock(conversation)
     reply_to = None
     target_id = clean(inbound.reply_to_platform_id or inbound.reaction_to_platform_id or "", 255)
@@ -176,10 +276,7 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
         error_title=clean(inbound.error.title, 255) if inbound.error else "",
         error_details=clean(inbound.error.details) if inbound.error else "",
         data=message_data(inbound),
-        media_platform_id=clean(media.platform_media_id, 128) if media else "",
-        media_mime=clean(media.mime_type, 128) if media else "",
-        media_filename=clean(media.filename, 255) if media else "",
-        media_state="pending" if media else "",
+        **media_fields(media),
     )
     fields = ["unread_count"]
     conversation.unread_count = F("unread_count") + 1
@@ -192,7 +289,7 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
         conversation.last_message_preview = text[:PREVIEW_LENGTH]
         fields += ["last_message_at", "last_message_preview"]
     conversation.save(update_fields=fields)
-    if media:
+    if message.media_state == "pending":
         enqueue("fetch_media", {"message_id": message.pk})
     audit.record("message.received", conversation=conversation, message=message)
     conversation = Conversation.objects.select_related(
@@ -433,8 +530,12 @@ class RetryLater(Exception):
 
 
 # How long a status for a message we do not know yet is retried: the send's answer may still be
-# on its way (statuses can arrive before the send call returns).
+# on its way (statuses can arrive before the send call returns). Bounded in tries too: the
+# worker stops claiming a body after RAW_EVENT_MAX_ATTEMPTS (20), and a body still waiting then
+# would stay unprocessed for ever; receipts for messages never stored here (Viber's welcome
+# message, a send from another tool) must end as processed.
 UNKNOWN_STATUS_PATIENCE_SECONDS = 600
+UNKNOWN_STATUS_MAX_ATTEMPTS = 12
 
 
 def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
@@ -447,7 +548,8 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
     channel = Channel.objects.get(pk=raw.channel_id)
     outcome = Outcome()
     failures: list[str] = []
-    patient = (timezone.now() - raw.received_at).total_seconds() < UNKNOWN_STATUS_PATIENCE_SECONDS
+    age = (timezone.now() - raw.received_at).total_seconds()
+    patient = age < UNKNOWN_STATUS_PATIENCE_SECONDS and raw.attempts < UNKNOWN_STATUS_MAX_ATTEMPTS
     try:
         with transaction.atomic():
             for event in events:
@@ -629,10 +731,7 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
                 error_title=clean(m.error.title, 255) if m.error else "",
                 error_details=clean(m.error.details) if m.error else "",
                 data=message_data(m),
-                media_platform_id=clean(m.media.platform_media_id, 128) if m.media else "",
-                media_mime=clean(m.media.mime_type, 128) if m.media else "",
-                media_filename=clean(m.media.filename, 255) if m.media else "",
-                media_state="pending" if m.media else "",
+                **media_fields(m.media),
             )
         )
     messages = Message.objects.bulk_create(rows)
