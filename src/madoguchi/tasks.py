@@ -18,6 +18,7 @@ from madoguchi.media_links import public_media_url
 from madoguchi.models import Channel, Job, Message, Throttle
 from madoguchi.providers.base import MediaRef, MediaTooLarge, PlatformError, SendError
 from madoguchi.providers.registry import provider_for
+from madoguchi.queries.threads import send_context
 from madoguchi.rules.window import window_for
 from madoguchi.storage import new_media_name
 
@@ -54,8 +55,14 @@ def retry_delay(attempts: int) -> float:
 
 MAX_PACING_SLEEP = 1.0
 
+# Written on a send job in the transaction that reserves its slot, just before the platform is
+# called; success deletes the job and every other outcome overwrites it. A job that comes back
+# still carrying it was interrupted (its worker killed) while the platform may have accepted the
+# send: WhatsApp has no idempotency key, so it is sent again, and the message is marked.
+SENDING = "sending: the platform may have accepted this attempt"
 
-def reserve_send_slot(channel: Channel) -> float:
+
+def reserve_send_slot(channel: Channel, job: Job | None = None) -> float:
     """Pace sends per business number (``outbound_mps``) across every worker.
 
     Returns 0 or the seconds to sleep (at most MAX_PACING_SLEEP) before sending in the slot
@@ -71,6 +78,8 @@ def reserve_send_slot(channel: Channel) -> float:
         if slot - now <= MAX_PACING_SLEEP:
             throttle.next_free = slot + interval
             throttle.save(update_fields=["next_free"])
+            if job is not None:
+                Job.objects.filter(pk=job.pk).update(last_error=SENDING)
             return slot - now
     raise Reschedule(slot - now, "pacing", counts_as_attempt=False)
 
@@ -94,7 +103,8 @@ def send_message(job: Job, message_id: int) -> None:
     if message is None or message.status != "queued" or message.platform_message_id:
         return  # already sent (or deleted): sending again would double it
     channel = message.channel
-    wait = reserve_send_slot(channel)
+    interrupted = job.attempts > 1 and job.last_error == SENDING
+    wait = reserve_send_slot(channel, job)
     if wait > 0:
         time.sleep(wait)
     provider = provider_for(channel)
@@ -104,6 +114,8 @@ def send_message(job: Job, message_id: int) -> None:
     # The window as of now: a send outside the ordinary window carries its tag (Messenger's
     # HUMAN_AGENT); a window that closed since queueing is the platform's to refuse, and its
     # refusal is recorded on the message.
+    # Where the message sits in its conversation (email builds its threading headers from it).
+    context = send_context(message, history=caps.threads_in_messages)
     tag = window_for(
         channel.kind,
         identity.last_inbound_at,
@@ -125,11 +137,16 @@ def send_message(job: Job, message_id: int) -> None:
                 caption=message.data.get("caption", ""),
                 reply_to=message.reply_to_platform_id or None,
                 tag=tag,
+                context=context,
                 **by_url,
             )
         else:
             sent = provider.send_text(
-                to, message.text, reply_to=message.reply_to_platform_id or None, tag=tag
+                to,
+                message.text,
+                reply_to=message.reply_to_platform_id or None,
+                tag=tag,
+                context=context,
             )
     except SendError as exc:
         if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
@@ -146,7 +163,7 @@ def send_message(job: Job, message_id: int) -> None:
         if exc.scope == "number":
             hold_number(channel, delay)
         raise Reschedule(delay, f"{exc.error.code} {exc.error.title}") from None
-    outbound.do_record_sent(message.pk, sent)
+    outbound.do_record_sent(message.pk, sent, maybe_twice=interrupted)
 
 
 def fetch_media(job: Job, message_id: int) -> None:

@@ -224,7 +224,12 @@ class Worker:
                     events = provider_for(channel).parse_webhook(bytes(raw.body))
                 except Exception:
                     events = None
-            if events and all(isinstance(e, InboundMessage) for e in events):
+            # A message that names its conversation (a thread hint: email) is routed one by
+            # one (do_receive_message); the bulk path serves the sender's active conversation.
+            if events and all(
+                isinstance(e, InboundMessage) and not (e.thread_hints or e.conversation_key)
+                for e in events
+            ):
                 batch.append((raw, channel, events))  # type: ignore[arg-type]
             else:
                 single.append(raw)
@@ -273,7 +278,20 @@ class Worker:
         return total
 
     def run_forever(self, stop: threading.Event) -> None:
+        from madoguchi.receivers import Receivers
+
         log.info("worker %s started", self.name)
+        # Channels the platform does not call (email) are read by receiver threads, one
+        # worker at a time per channel (a lease): see madoguchi.receivers.
+        receivers = Receivers(self.name).start(stop)
+        try:
+            self.loop(stop)
+        finally:
+            stop.set()
+            receivers.join(timeout=20)
+        log.info("worker %s stopped", self.name)
+
+    def loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 self.run_schedules()
@@ -289,4 +307,3 @@ class Worker:
             if not done:
                 wakeup.local_event.wait(settings.WORKER_POLL_SECONDS)
                 wakeup.local_event.clear()
-        log.info("worker %s stopped", self.name)

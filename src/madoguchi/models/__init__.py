@@ -6,6 +6,7 @@ from .contacts import Contact, ContactIdentity
 from .conversations import Conversation, ConversationStatus
 from .jobs import Job, RawEvent, Throttle
 from .messages import STATUS_RANK, Direction, Message
+from .receivers import ReceiverLease
 from .replies import CannedReply
 from .users import ApiToken, Role, Team, User
 
@@ -23,6 +24,7 @@ __all__ = [
     "Job",
     "Message",
     "RawEvent",
+    "ReceiverLease",
     "Role",
     "Team",
     "Template",

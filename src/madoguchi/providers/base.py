@@ -13,9 +13,10 @@ recipient), ``retry_after`` is a hint in seconds.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 # Message kinds as stored and as exposed by the API (SPEC §4).
 MessageKind = Literal[
@@ -54,6 +55,9 @@ class MediaRef:
     url: str = ""
     voice: bool = False
     animated: bool = False
+    # Media that travels inside the event itself (an email attachment): its bytes, stored by
+    # the core with the message, nothing to fetch. None for media announced by id or URL.
+    content: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,16 @@ class InboundMessage:
     forwarded: bool = False
     error: PlatformError | None = None  # e.g. an unsupported type carries 131051
     data: dict[str, Any] = field(default_factory=dict)  # kind-specific details, JSON-safe
+    # Which conversation this message continues, for platforms where one contact may hold
+    # several threads (email). ``thread_hints``: platform ids of earlier messages this one
+    # answers, nearest first (email: In-Reply-To, then References newest first).
+    # ``conversation_key``: a key the business handed out with an earlier send
+    # (``SendContext.conversation_key``) and the contact's reply carries back (email: the
+    # Reply-To plus-address or our Message-ID). The core routes a message with either to the
+    # conversation they name (reopened if resolved), whoever the sender; ordinary messages go
+    # to the sender's active conversation.
+    thread_hints: tuple[str, ...] = ()
+    conversation_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -199,6 +213,36 @@ class Capabilities:
     # The platform takes outbound media only as a URL it downloads itself (Viber): the core
     # then passes ``send_media`` a signed, expiring public ``media_url`` of the file.
     media_by_url: bool = False
+    # The platform's messages carry their own thread (email's Message-ID, In-Reply-To,
+    # References): sends get the conversation's history in their SendContext (one more query
+    # per send); other platforms get only the conversation key.
+    threads_in_messages: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One earlier message of a conversation, as a provider parsed or sent it."""
+
+    platform_message_id: str
+    direction: Literal["in", "out"]
+    data: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class SendContext:
+    """Where an outbound message sits in its conversation, given to every send.
+
+    Platforms that thread by recipient (WhatsApp, Viber, Messenger) ignore it; platforms whose
+    messages carry their thread themselves (email: Message-ID, In-Reply-To, References, a
+    subject and a Reply-To) build it from here. ``conversation_key``: letters and digits that
+    name the conversation; a reply that carries it back (``InboundMessage.conversation_key``)
+    is routed to it. ``history``: the conversation's latest messages with a platform id,
+    oldest first, with the ``data`` the provider gave them. ``reply_to``: the platform id of
+    the message the agent quoted, if any."""
+
+    conversation_key: str = ""
+    history: tuple[HistoryEntry, ...] = ()
+    reply_to: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,6 +283,8 @@ def as_json(event: InboundEvent) -> dict[str, Any]:
     """A JSON-safe dict of an event (datetimes as ISO strings), for logs and storage."""
 
     def convert(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return {"bytes": len(value)}  # media carried inline: its size, not its content
         if isinstance(value, datetime):
             return value.isoformat()
         if isinstance(value, dict):
@@ -277,6 +323,18 @@ class StoredMedia:
 
 class MediaTooLarge(Exception):
     """The platform's media exceeds the size limit for its type; nothing was kept."""
+
+
+class ReceiveSink(Protocol):
+    """Where a polled channel's receiver puts what it read (the core's side of ``receiver``)."""
+
+    def store(self, body: bytes, state: dict[str, Any]) -> None: ...
+
+    def save_state(self, state: dict[str, Any]) -> None: ...
+
+
+class Receiver(Protocol):
+    def run(self, stop: threading.Event) -> None: ...
 
 
 class Provider:
@@ -327,6 +385,17 @@ class Provider:
         """Tell the platform where to send webhooks (Viber's set_webhook). A no-op where this is
         done in the platform's dashboard. Raises SendError."""
 
+    def receiver(self, state: dict[str, Any], sink: ReceiveSink) -> Receiver:
+        """For channels the platform does not call (``capabilities.has_webhooks`` False): an
+        object whose ``run(stop)`` reads the platform until ``stop`` is set. It starts from
+        ``state`` (the channel's ``receive_state``: {} the first time) and hands every raw
+        body, with the state that includes it, to ``sink.store(body, state)``, which records
+        both in one transaction (so a crash loses or repeats nothing); ``sink.save_state``
+        records a state alone (the starting point chosen on the first connection). The bodies
+        are later read by ``parse_webhook`` like any webhook body. Never called for webhook
+        channels."""
+        raise NotImplementedError
+
     def fetch_media(self, media: MediaRef, destination: str, *, kind: str = "") -> StoredMedia:
         """Download inbound media into MEDIA_ROOT/destination; MediaTooLarge past the limit of
         its ``kind`` (image, sticker, ...)."""
@@ -334,10 +403,18 @@ class Provider:
 
     # -- outbound ------------------------------------------------------------------------
     def send_text(
-        self, to: str, text: str, *, reply_to: str | None = None, tag: str | None = None
+        self,
+        to: str,
+        text: str,
+        *,
+        reply_to: str | None = None,
+        tag: str | None = None,
+        context: SendContext | None = None,
     ) -> SentMessage:
         """Send free-form text. ``tag``: the window rule's tag for a send outside the ordinary
-        window (Messenger's HUMAN_AGENT), None inside it; providers without tags ignore it."""
+        window (Messenger's HUMAN_AGENT), None inside it; providers without tags ignore it.
+        ``context``: the conversation the message belongs to (see SendContext); providers
+        whose platform threads by recipient ignore it."""
         raise NotImplementedError
 
     def send_media(
@@ -352,10 +429,12 @@ class Provider:
         reply_to: str | None = None,
         tag: str | None = None,
         media_url: str = "",
+        context: SendContext | None = None,
     ) -> SentMessage:
         """Upload the file at MEDIA_ROOT/path, then send it by the platform's media id (or as
-        the platform takes files). ``tag`` as for send_text. ``media_url``: a public URL of
-        the same file, given only to providers whose capabilities say ``media_by_url``."""
+        the platform takes files). ``tag`` and ``context`` as for send_text. ``media_url``: a
+        public URL of the same file, given only to providers whose capabilities say
+        ``media_by_url``."""
         raise NotImplementedError
 
     def send_template(self, to: str, template: dict[str, Any]) -> SentMessage:
@@ -375,6 +454,11 @@ class Provider:
         """The platform handle for a user-typed address (e.g. a phone number); raises
         madoguchi.errors.Invalid when it cannot be one."""
         raise NotImplementedError
+
+    @classmethod
+    def display_handle(cls, handle: str) -> str:
+        """How a contact's handle reads to people (a phone number with its "+")."""
+        return handle
 
     @classmethod
     def template_problems(

@@ -22,8 +22,10 @@ from __future__ import annotations
 import dataclasses
 import smtplib
 import ssl
+import threading
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.utils.translation import gettext as _
@@ -38,10 +40,46 @@ from .base import (
     MediaTooLarge,
     PlatformError,
     Provider,
+    ReceiveSink,
+    SendContext,
     SendError,
     SentMessage,
     StoredMedia,
 )
+
+
+def is_message_id(value: str) -> bool:
+    return bool(wire.MESSAGE_ID_RE.fullmatch(value))
+
+
+class MailboxReceiver:
+    """Adapts ``ImapReceiver`` to the core's receiver protocol: raw mails and plain-dict
+    states to the sink."""
+
+    def __init__(self, settings: Any, state: dict[str, Any], sink: ReceiveSink) -> None:
+        from .email_imap import ImapReceiver, MailboxState
+
+        self.sink = sink
+        uidvalidity = state.get("uidvalidity")
+        self.state = MailboxState(
+            uidvalidity=int(uidvalidity) if uidvalidity is not None else None,
+            last_uid=int(state.get("last_uid") or 0),
+        )
+        self.imap = ImapReceiver(settings, self.store, save_state=self.save_state)
+
+    @staticmethod
+    def as_dict(state: Any) -> dict[str, Any]:
+        return {"uidvalidity": state.uidvalidity, "last_uid": state.last_uid}
+
+    def store(self, mail: Any, state: Any) -> None:
+        self.sink.store(mail.raw, self.as_dict(state))
+
+    def save_state(self, state: Any) -> None:
+        self.sink.save_state(self.as_dict(state))
+
+    def run(self, stop: threading.Event) -> None:
+        self.state = self.imap.run(self.state, stop)
+
 
 # Most providers refuse mail above 25 MB; base64 makes attachments a third larger on the wire.
 MAX_ATTACHMENT_BYTES = 18 * 1024 * 1024
@@ -98,6 +136,7 @@ class EmailProvider(Provider):
         max_text_length=100_000,
         caption_kinds=frozenset({"image", "audio", "video", "document", "sticker"}),
         has_webhooks=False,
+        threads_in_messages=True,
     )
 
     # -- settings --------------------------------------------------------------------------
@@ -170,14 +209,65 @@ class EmailProvider(Provider):
             raise classify_smtp_error(exc) from None
         return SentMessage(platform_message_id=str(msg["Message-ID"]), recipient_handle=to)
 
-    def thread_for(self, reply_to: str | None, thread: wire.Thread | None) -> wire.Thread:
-        """The thread of a send: the core's, or one built from the replied-to Message-ID (an
-        attachment's platform id ``<id>#n`` answers its mail ``<id>``)."""
+    def thread_for(
+        self,
+        reply_to: str | None,
+        thread: wire.Thread | None,
+        context: SendContext | None = None,
+    ) -> wire.Thread:
+        """The thread of a send: the one given, else one built from the core's context, else
+        from the replied-to Message-ID (an attachment's platform id ``<id>#n`` answers its
+        mail ``<id>``)."""
         if thread is not None:
             return thread
+        if context is not None:
+            return self.thread_from_context(context, reply_to)
         parent = (reply_to or "").split("#", 1)[0]
         return wire.Thread(
             subject=str(self.config.options.get("subject", "")), parent_message_id=parent
+        )
+
+    def thread_from_context(self, context: SendContext, reply_to: str | None) -> wire.Thread:
+        """D1/D2 from the conversation: the mail answered is the one the agent quoted, else the
+        customer's latest mail; In-Reply-To is its Message-ID; References its own References
+        (or its single In-Reply-To) then its id, or, when its client sent none, the
+        conversation's mails up to it; the subject is "Re: " + the customer's; the
+        conversation key becomes the Reply-To plus-address and part of our Message-ID."""
+        mails = [
+            entry
+            for entry in context.history
+            if is_message_id(entry.platform_message_id.split("#", 1)[0])
+        ]
+        inbound = [e for e in mails if e.direction == "in" and e.data.get("message_id")]
+        wanted = (reply_to or context.reply_to or "").split("#", 1)[0]
+        parent = next(
+            (e for e in reversed(inbound) if e.platform_message_id == wanted),
+            inbound[-1] if inbound else None,
+        )
+        token = context.conversation_key if wire.TOKEN_RE.match(context.conversation_key) else ""
+        subject = ""
+        for entry in ([parent] if parent else []) + inbound[::-1]:
+            subject = str(entry.data.get("subject") or "")
+            if subject:
+                break
+        if parent is None:
+            return wire.Thread(token=token, subject=subject)
+        references = tuple(str(r) for r in parent.data.get("references") or ())
+        in_reply_to = tuple(str(r) for r in parent.data.get("in_reply_to") or ())
+        if not references and len(in_reply_to) != 1:
+            # The customer's client sent no thread: the conversation's own mails stand in.
+            ids: list[str] = []
+            for entry in mails:
+                if entry is parent:
+                    break
+                ids.append(entry.platform_message_id.split("#", 1)[0])
+            references = tuple(dict.fromkeys(ids))
+        return wire.Thread(
+            token=token,
+            subject=subject,
+            parent_message_id=parent.platform_message_id,
+            parent_references=references,
+            parent_in_reply_to=in_reply_to,
         )
 
     def compose(
@@ -213,6 +303,13 @@ class EmailProvider(Provider):
 
     def parse_mail(self, body: bytes) -> wire.ParsedEmail:
         return wire.parse_message(body, business_handle=self.address, our_domain=self.domain)
+
+    def receiver(self, state: dict[str, Any], sink: ReceiveSink) -> MailboxReceiver:
+        """The IMAP receiver of this mailbox (``email_imap``), from ``state`` ({"uidvalidity",
+        "last_uid"}; {} the first time: it starts from now, see ImapSettings.from_config)."""
+        from .email_imap import ImapSettings
+
+        return MailboxReceiver(ImapSettings.from_config(self.config), state, sink)
 
     def store_attachment(
         self, raw: bytes, media: MediaRef, destination: str, *, kind: str = ""
@@ -269,11 +366,13 @@ class EmailProvider(Provider):
         *,
         reply_to: str | None = None,
         tag: str | None = None,
+        context: SendContext | None = None,
         thread: wire.Thread | None = None,
     ) -> SentMessage:
-        """Send ``text`` to ``to``. ``thread`` (email only): the conversation's routing token,
-        subject and the mail answered; without it, ``reply_to`` is the mail answered."""
-        msg = self.compose(to, text, self.thread_for(reply_to, thread))
+        """Send ``text`` to ``to``, threaded after ``context`` (the core's), or ``thread``
+        (given directly: routing token, subject and the mail answered); with neither,
+        ``reply_to`` is the mail answered."""
+        msg = self.compose(to, text, self.thread_for(reply_to, thread, context))
         return self.deliver(msg, to)
 
     def send_media(
@@ -287,13 +386,15 @@ class EmailProvider(Provider):
         caption: str = "",
         reply_to: str | None = None,
         tag: str | None = None,
+        context: SendContext | None = None,
         thread: wire.Thread | None = None,
     ) -> SentMessage:
-        """Send the file at MEDIA_ROOT/path as an attachment, ``caption`` as the text."""
+        """Send the file at MEDIA_ROOT/path as an attachment, ``caption`` as the text; threaded
+        as send_text."""
         full = Path(settings.MEDIA_ROOT) / path
         content = full.read_bytes()
         attachment = wire.OutboundAttachment(filename or full.name, mime_type, content)
-        msg = self.compose(to, caption, self.thread_for(reply_to, thread), [attachment])
+        msg = self.compose(to, caption, self.thread_for(reply_to, thread, context), [attachment])
         return self.deliver(msg, to)
 
     # -- rules -----------------------------------------------------------------------------

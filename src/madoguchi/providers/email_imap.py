@@ -39,6 +39,7 @@ from madoguchi.providers.base import ChannelConfig
 logger = logging.getLogger(__name__)
 
 Security = Literal["none", "starttls", "tls"]
+StartFrom = Literal["all", "new", "unseen"]
 RFC2177_IDLE_SECONDS = 29 * 60
 
 # What a dead or unreachable server raises through IMAPClient.
@@ -72,17 +73,27 @@ class ImapSettings:
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     verify_tls: bool = True
+    # Where a first connection (no state yet) starts: "all" the folder holds, only mail that
+    # arrives from now on ("new": UIDNEXT), or from the first unseen mail on ("unseen").
+    start: StartFrom = "all"
 
     @classmethod
     def from_config(cls, config: ChannelConfig) -> ImapSettings:
         """From a channel: options ``imap_host``, ``imap_port``, ``imap_security``,
         ``imap_username`` (default: the channel's address), ``imap_folder``,
-        ``imap_poll_seconds``, ``imap_use_idle``, ``tls_verify``; secret ``imap_password``
-        (or ``password``)."""
+        ``imap_poll_seconds``, ``imap_use_idle``, ``tls_verify``, ``imap_start``; secret
+        ``imap_password`` (or ``password``).
+
+        A channel starts from now by default (``imap_start`` "new"): connecting a helpdesk to
+        a mailbox that already holds years of mail must not turn that history into open
+        conversations; "unseen" also takes the mail nobody has read yet, "all" everything."""
         options = config.options
         security = str(options.get("imap_security", "tls"))
         if security not in ("none", "starttls", "tls"):
             raise ValueError(f"imap_security must be none, starttls or tls, not {security!r}")
+        start = str(options.get("imap_start", "new"))
+        if start not in ("all", "new", "unseen"):
+            raise ValueError(f"imap_start must be all, new or unseen, not {start!r}")
         default_port = 993 if security == "tls" else 143
         return cls(
             host=str(options.get("imap_host", "")),
@@ -94,6 +105,7 @@ class ImapSettings:
             poll_seconds=float(options.get("imap_poll_seconds", 60)),
             use_idle=bool(options.get("imap_use_idle", True)),
             verify_tls=bool(options.get("tls_verify", True)),
+            start=start,  # type: ignore[arg-type]
         )
 
 
@@ -115,6 +127,7 @@ class FetchedMail:
 
 
 StoreCallback = Callable[[FetchedMail, MailboxState], None]
+StateCallback = Callable[[MailboxState], None]
 
 
 def tls_context(settings: ImapSettings) -> ssl.SSLContext:
@@ -164,18 +177,21 @@ class ImapReceiver:
 
     ``store(mail, state)`` must durably record the mail and ``state`` together (one
     transaction) and return; if it raises, the receiver keeps its previous state, drops the
-    connection, backs off and reads the same mail again. ``run`` returns the last state when
-    ``stop`` is set."""
+    connection, backs off and reads the same mail again. ``save_state(state)`` records the
+    starting point chosen on the first connection (``settings.start``), before any mail.
+    ``run`` returns the last state when ``stop`` is set."""
 
     def __init__(
         self,
         settings: ImapSettings,
         store: StoreCallback,
         *,
+        save_state: StateCallback | None = None,
         sleep: Callable[[float], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.save_state = save_state
         # Counters for the operator (and the tests): how often each thing happened.
         self.connects = 0
         self.idles = 0
@@ -188,6 +204,10 @@ class ImapReceiver:
         """Select the folder and store every mail past ``state``; returns the new state."""
         selected = client.select_folder(self.settings.folder)
         uidvalidity = int(selected[b"UIDVALIDITY"])
+        if state.uidvalidity is None and self.settings.start != "all":
+            state = self.starting_point(client, selected, uidvalidity)
+            if self.save_state is not None:
+                self.save_state(state)
         if state.uidvalidity != uidvalidity:
             if state.uidvalidity is not None:
                 logger.warning(
@@ -219,6 +239,22 @@ class ImapReceiver:
                 self.store(mail, following)
                 state = following
         return state
+
+    def starting_point(
+        self, client: IMAPClient, selected: dict[bytes, Any], uidvalidity: int
+    ) -> MailboxState:
+        """The state of a first connection: everything below UIDNEXT counts as read ("new"),
+        or everything below the first unseen mail ("unseen")."""
+        uidnext = selected.get(b"UIDNEXT")
+        if uidnext is None:  # RFC 3501 makes it optional: the highest UID + 1 then
+            uids = client.search(["ALL"])
+            uidnext = max(uids, default=0) + 1
+        last_uid = int(uidnext) - 1
+        if self.settings.start == "unseen":
+            unseen = client.search(["UNSEEN"])
+            if unseen:
+                last_uid = min(unseen) - 1
+        return MailboxState(uidvalidity=uidvalidity, last_uid=max(last_uid, 0))
 
     def wait(self, client: IMAPClient, stop: threading.Event) -> bool:
         """Wait for news: IDLE when the server offers it (re-issued after ``idle_seconds``),

@@ -18,7 +18,10 @@ Contracts of ``parse_message``:
   ``business_handle`` = the channel's address, ``text`` = the new part of the mail with the
   quoted history stripped, never empty) followed by one ``InboundMessage`` per attachment
   (kind image / audio / video / document by MIME type, ``platform_message_id`` =
-  ``"<message-id>#<n>"``, ``media.platform_media_id`` = ``"sha256:<hex of the bytes>"``).
+  ``"<message-id>#<n>"``, ``media.platform_media_id`` = ``"sha256:<hex of the bytes>"``,
+  ``media.content`` = the bytes: nothing is fetched later).
+  ``thread_hints``: In-Reply-To, then References newest first (an attachment's start with its
+  own mail's id); ``conversation_key``: the routing token, "" when none.
   Inline images that the HTML shows by ``cid:`` (signature logos) are listed in
   ``data["inline"]``, not sent as messages.
 - ``data`` of the text message: subject, message_id, in_reply_to, references, routing_token,
@@ -721,6 +724,8 @@ def parse_checked(
         "attachments": [describe(a) for a in files],
         "inline": [describe(a) for a in inline],
     }
+    # Nearest first: the mail answered, then the thread from its newest end (D2's order).
+    hints = tuple(dict.fromkeys(in_reply_to + references[::-1]))
     events: list[InboundEvent] = [
         InboundMessage(
             platform_message_id=message_id,
@@ -732,6 +737,8 @@ def parse_checked(
             text=text,
             reply_to_platform_id=in_reply_to[0] if in_reply_to else None,
             data=data,
+            thread_hints=hints,
+            conversation_key=token,
         )
     ]
     for index, item in enumerate(files, start=1):
@@ -749,8 +756,12 @@ def parse_checked(
                     mime_type=item.mime_type,
                     sha256=item.sha256,
                     filename=item.filename,
+                    content=item.content,
                 ),
                 data={"email_message_id": message_id, "part": item.part},
+                # The attachment goes where its mail goes.
+                thread_hints=(message_id, *hints),
+                conversation_key=token,
             )
         )
     return ParsedEmail(

@@ -52,6 +52,7 @@ from .base import (
     MediaTooLarge,
     PlatformError,
     Provider,
+    SendContext,
     SendError,
     SentMessage,
     StoredMedia,
@@ -246,7 +247,13 @@ class MessengerProvider(Provider):
         )
 
     def send_text(
-        self, to: str, text: str, *, reply_to: str | None = None, tag: str | None = None
+        self,
+        to: str,
+        text: str,
+        *,
+        reply_to: str | None = None,
+        tag: str | None = None,
+        context: SendContext | None = None,
     ) -> SentMessage:
         try:
             body = wire.text_body(to, text, reply_to=reply_to, tag=tag)
@@ -265,6 +272,7 @@ class MessengerProvider(Provider):
         caption: str = "",
         reply_to: str | None = None,
         tag: str | None = None,
+        context: SendContext | None = None,
     ) -> SentMessage:
         """Send the file at MEDIA_ROOT/path as ``filedata`` of a multipart Send API request
         (Messenger has no upload-then-send-by-id step for a one-off file). A ``caption`` is

@@ -66,6 +66,7 @@ from .base import (
     MediaTooLarge,
     PlatformError,
     Provider,
+    SendContext,
     SendError,
     SentMessage,
     StoredMedia,
@@ -277,7 +278,13 @@ class ViberProvider(Provider):
         return SentMessage(platform_message_id=str(token), recipient_handle=body["receiver"])
 
     def send_text(
-        self, to: str, text: str, *, reply_to: str | None = None, tag: str | None = None
+        self,
+        to: str,
+        text: str,
+        *,
+        reply_to: str | None = None,
+        tag: str | None = None,
+        context: SendContext | None = None,
     ) -> SentMessage:
         """Viber has no quoted replies and no tags: ``reply_to`` and ``tag`` are ignored."""
         try:
@@ -316,6 +323,7 @@ class ViberProvider(Provider):
         reply_to: str | None = None,
         tag: str | None = None,
         media_url: str = "",
+        context: SendContext | None = None,
     ) -> SentMessage:
         """Send MEDIA_ROOT/path by a public URL: ``media_url`` (the core's signed link), else
         one under ``options["media_base_url"]``. Only images carry a caption; a file without a

@@ -34,6 +34,7 @@ from .base import (
     MediaTooLarge,
     PlatformError,
     Provider,
+    SendContext,
     SendError,
     SentMessage,
     StoredMedia,
@@ -216,7 +217,13 @@ class WhatsAppProvider(Provider):
         )
 
     def send_text(
-        self, to: str, text: str, *, reply_to: str | None = None, tag: str | None = None
+        self,
+        to: str,
+        text: str,
+        *,
+        reply_to: str | None = None,
+        tag: str | None = None,
+        context: SendContext | None = None,
     ) -> SentMessage:
         return self.send_body(wire.text_body(to, text, reply_to=reply_to))
 
@@ -242,6 +249,7 @@ class WhatsAppProvider(Provider):
         caption: str = "",
         reply_to: str | None = None,
         tag: str | None = None,
+        context: SendContext | None = None,
     ) -> SentMessage:
         media_id = self.upload_media(path, mime_type, filename)
         body = wire.media_body(
@@ -293,6 +301,10 @@ class WhatsAppProvider(Provider):
         return templates
 
     # -- rules ---------------------------------------------------------------------------
+    @classmethod
+    def display_handle(cls, handle: str) -> str:
+        return f"+{handle}"
+
     @classmethod
     def normalize_handle(cls, raw: str) -> str:
         """A wa_id (digits, country code first, no "+") from a phone number as people type it."""
