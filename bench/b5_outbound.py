@@ -39,7 +39,7 @@ import httpx
 
 from .common import Database, Result, free_port, madoguchi, start, stop, wait_http
 
-NUMBERS = 4
+NUMBERS = int(os.environ.get("B5_NUMBERS", "4"))  # experiments: fewer numbers
 MPS = 80
 KILLS = 5
 WABA_ID = "102290129340455"
@@ -416,6 +416,7 @@ def measure(
     base_times: dict[str, list[float]] = {n: [] for n in base_numbers}
     tags: Counter[str] = Counter()
     wamid_of: dict[str, set[str]] = {}
+    times_of: dict[str, list[float]] = {}
     for item in sent:
         number, text = item["phone_number_id"], item["body"].get("text", {}).get("body", "")
         if number in ours_times and text.startswith("b5:"):
@@ -423,6 +424,7 @@ def measure(
             tag = text.split(" ", 1)[0]
             tags[tag] += 1
             wamid_of.setdefault(tag, set()).add(item["id"])
+            times_of.setdefault(tag, []).append(item["time"])
         elif number in base_times:
             base_times[number].append(item["time"])
     rows = db_rows(
@@ -430,9 +432,20 @@ def measure(
         "SELECT text, status, platform_message_id FROM madoguchi_message "
         "WHERE direction = 'out' AND kind = 'text'",
     )
+    flagged = {
+        text.split(" ", 1)[0]
+        for (text,) in db_rows(
+            db,
+            "SELECT text FROM madoguchi_message WHERE CAST(data AS TEXT) LIKE '%maybe_sent_twice%'",
+        )
+    }
+    unflagged = sum(1 for tag, n in tags.items() if n > 1 and tag not in flagged)
     not_sent = sum(1 for _t, status, _p in rows if status != "sent")
     lost = sum(1 for text, _s, _p in rows if tags[text.split(" ", 1)[0]] == 0)
     doubled = sum(1 for n in tags.values() if n > 1)
+    # how long after the first copy the second went: about the lease (10 s) means a killed
+    # worker's job came back after the platform had accepted the send
+    gaps = sorted(max(t) - min(t) for tag, t in times_of.items() if tags[tag] > 1)
     mismatched = sum(
         1 for text, _s, p in rows if p and p not in wamid_of.get(text.split(" ", 1)[0], set())
     )
@@ -474,7 +487,9 @@ def measure(
             exact,
             f"{total} queued, {len(rows)} stored, {lost} lost, {doubled} sent twice, "
             f"{not_sent} not 'sent', {mismatched} with a platform id the simulator never gave; "
-            f"drained in {drained:.1f} s",
+            f"{len(flagged)} marked maybe_sent_twice, {unflagged} doubles not marked; "
+            f"drained in {drained:.1f} s"
+            + (f"; second copies {', '.join(f'{g:.1f}' for g in gaps)} s later" if gaps else ""),
         ),
     ]
 

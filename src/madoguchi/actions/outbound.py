@@ -408,13 +408,15 @@ def advance_status(message: Message, status: str, error: PlatformError | None = 
 STATUS_FIELDS = ["status", "error_code", "error_title", "error_details", "data"]
 
 
-def do_record_sent(message_id: int, sent: SentMessage) -> Message:
+def do_record_sent(message_id: int, sent: SentMessage, *, maybe_twice: bool = False) -> Message:
     """The platform accepted the message: queued -> sent, with its platform id.
 
     WhatsApp has no idempotency key: until the platform id is committed, a worker killed now
     would send the message again when its job comes back. So the id (and ``sent``, from
     ``queued`` only: statuses never go back) is committed first, by one statement of its own;
-    the audit row and the event follow in a second transaction."""
+    the audit row and the event follow in a second transaction. ``maybe_twice``: this send
+    followed an attempt interrupted after the platform was called (tasks.SENDING); the message
+    is marked ``data.maybe_sent_twice`` and the audit row says so, so a double is never silent."""
     platform_id = sent.platform_message_id
     moved = Message.objects.filter(pk=message_id, status="queued").update(
         platform_message_id=platform_id, status="sent"
@@ -426,11 +428,15 @@ def do_record_sent(message_id: int, sent: SentMessage) -> Message:
         message = Message.objects.select_related("author", "conversation__channel").get(
             pk=message_id
         )
+        if maybe_twice:
+            message.data = {**message.data, "maybe_sent_twice": True}
+            message.save(update_fields=["data"])
         audit.record(
             "message.sent",
             conversation=message.conversation,
             message=message,
             platform_id=platform_id,
+            **({"maybe_sent_twice": True} if maybe_twice else {}),
         )
         publish_message(message, message.conversation, op="update")
     return message
