@@ -202,3 +202,10 @@ def test_listing_costs_the_same_queries_whatever_the_page_size(customer_writes, 
         return len(ctx.captured_queries)
 
     assert count(1) == count(6)
+
+
+def test_it_shows_each_handle_as_its_platform_writes_it(customer_writes, api_as):
+    conversation = customer_writes(wa_id="16505551234")
+    shown = api_as("sora").get(f"/conversations/{conversation.pk}")
+    assert shown["contact"]["handle"] == "16505551234"
+    assert shown["contact"]["display_handle"] == "+16505551234"

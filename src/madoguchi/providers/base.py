@@ -456,6 +456,11 @@ class Provider:
         raise NotImplementedError
 
     @classmethod
+    def display_handle(cls, handle: str) -> str:
+        """How a contact's handle reads to people (a phone number with its "+")."""
+        return handle
+
+    @classmethod
     def template_problems(
         cls, template: dict[str, Any], request: dict[str, Any]
     ) -> list[dict[str, str]]:

@@ -302,6 +302,10 @@ class WhatsAppProvider(Provider):
 
     # -- rules ---------------------------------------------------------------------------
     @classmethod
+    def display_handle(cls, handle: str) -> str:
+        return f"+{handle}"
+
+    @classmethod
     def normalize_handle(cls, raw: str) -> str:
         """A wa_id (digits, country code first, no "+") from a phone number as people type it."""
         import phonenumbers

@@ -7,6 +7,7 @@ from typing import Any
 
 from madoguchi.models import Channel, Conversation, Message, User
 from madoguchi.models.users import user_label
+from madoguchi.providers.registry import provider_class
 from madoguchi.rules.window import window_for
 
 
@@ -80,6 +81,9 @@ def conversation_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
             "id": row["contact_id"],
             "name": row["contact__name"],
             "handle": row["identity__handle"],
+            "display_handle": provider_class(row["channel__kind"]).display_handle(
+                row["identity__handle"]
+            ),
         },
         "assignee": assignee,
         "team": row["team_id"],
