@@ -81,7 +81,8 @@ class ImapSettings:
     def from_config(cls, config: ChannelConfig) -> ImapSettings:
         """From a channel: options ``imap_host``, ``imap_port``, ``imap_security``,
         ``imap_username`` (default: the channel's address), ``imap_folder``,
-        ``imap_poll_seconds``, ``imap_use_idle``, ``tls_verify``, ``imap_start``; secret
+        ``imap_poll_seconds``, ``imap_idle_seconds``, ``imap_use_idle``, ``tls_verify``,
+        ``imap_start``; secret
         ``imap_password`` (or ``password``).
 
         A channel starts from now by default (``imap_start`` "new"): connecting a helpdesk to
@@ -103,6 +104,8 @@ class ImapSettings:
             security=security,  # type: ignore[arg-type]
             folder=str(options.get("imap_folder", "INBOX")),
             poll_seconds=float(options.get("imap_poll_seconds", 60)),
+            # Shorter than RFC 2177's 29 minutes where a NAT or firewall drops quiet sockets.
+            idle_seconds=float(options.get("imap_idle_seconds", RFC2177_IDLE_SECONDS)),
             use_idle=bool(options.get("imap_use_idle", True)),
             verify_tls=bool(options.get("tls_verify", True)),
             start=start,  # type: ignore[arg-type]
