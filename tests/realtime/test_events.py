@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from datetime import timedelta
 
 import pytest
@@ -205,3 +206,33 @@ def test_it_names_the_redis_channels_after_the_database(settings):
     default = redisconn.channel_name("events")
     assert len({first, second, default}) == 3
     assert redisconn.channel_name("wakeup") != default
+
+
+def test_it_replaces_the_queue_of_a_socket_that_stopped_reading_by_a_resync():
+    """A client that no longer reads must not make the server hold its events forever."""
+    from madoguchi.realtime.consumers import OUTBOX_MAX, EventsConsumer
+
+    async def scenario() -> list[str]:
+        stalled = asyncio.Event()
+        sent: list[str] = []
+
+        async def raw_send(message: dict) -> None:
+            sent.append(message["text"])
+            await stalled.wait()  # the client's window is full: the send never completes
+
+        consumer = EventsConsumer()
+        consumer.outbox, consumer.draining, consumer.raw_send = deque(), None, raw_send
+        for n in range(OUTBOX_MAX + 10):
+            consumer.push(json.dumps({"type": "probe", "n": n}))
+            await asyncio.sleep(0)
+        queued = list(consumer.outbox)
+        consumer.draining.cancel()
+        return sent + queued
+
+    frames = [json.loads(text) for text in run_async(scenario())]
+    assert frames[0] == {"type": "probe", "n": 0}  # being sent when the client stalled
+    resync = frames.index({"type": "resync"})
+    assert len(frames) - 1 <= OUTBOX_MAX + 1
+    assert [f["n"] for f in frames[resync + 1 :]] == list(
+        range(frames[resync + 1]["n"], OUTBOX_MAX + 10)
+    )

@@ -15,6 +15,11 @@ from . import publish
 # The ASGI server's own ``send`` for the socket, put in the scope by madoguchi.asgi: events skip
 # the session and auth middlewares' per-message wrappers (they act on HTTP responses only).
 RAW_SEND = "madoguchi.raw_send"
+# Events queued for one socket at most. A client that stops reading (a sleeping laptop with its
+# connection still open) would otherwise make the server hold every event for it; past this the
+# queue is dropped and the client told to re-fetch, as after a reconnection.
+OUTBOX_MAX = 1000
+RESYNC = json.dumps({"type": "resync"})
 
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):
@@ -63,7 +68,11 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     def push(self, text: str) -> None:
         """Called on the server loop by realtime.publish with an encoded event; sends in the
         order called. One task drains the socket's queue while it is not empty (not one per
-        event), so a slow socket delays only itself."""
+        event), so a slow socket delays only itself. Past OUTBOX_MAX queued events the queue is
+        replaced by one ``resync``."""
+        if len(self.outbox) >= OUTBOX_MAX:
+            self.outbox.clear()
+            self.outbox.append(RESYNC)
         self.outbox.append(text)
         if self.draining is None:
             self.draining = asyncio.get_running_loop().create_task(self.drain())
