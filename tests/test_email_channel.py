@@ -313,7 +313,6 @@ def test_it_starts_from_now_and_loses_nothing_across_a_dovecot_restart(
     # Mail that was in the mailbox before the channel existed stays out of the inbox.
     deliver(dovecot, customer_mail(0))
     receiving()
-    state = Channel.objects.get(pk=mailbox.pk)
     receiving_ready(mailbox)
     state = Channel.objects.get(pk=mailbox.pk).receive_state
     assert state["last_uid"] == 1
@@ -395,3 +394,72 @@ def test_it_receives_each_mail_once_across_two_worker_processes_and_a_kill(mailb
     assert RawEvent.objects.count() == 8
     senders = sorted(Message.objects.values_list("data__from", flat=True))
     assert senders == sorted(f"customer{n}@customer.example" for n in range(8))
+
+
+# -- routing rules, without servers -------------------------------------------------------------
+
+
+def inbound_mail(pid: str, sender: str, *, hints=(), key: str = "") -> Any:
+    from datetime import UTC, datetime
+
+    from madoguchi.providers.base import InboundMessage
+
+    return InboundMessage(
+        platform_message_id=pid,
+        business_handle=MAILBOX,
+        sender_handle=sender,
+        sender_name="",
+        timestamp=datetime.now(UTC),
+        kind="text",
+        text=f"mail {pid}",
+        thread_hints=tuple(hints),
+        conversation_key=key,
+    )
+
+
+@pytest.fixture
+def offline_mailbox(db) -> Channel:
+    return do_create_channel(
+        None, kind="email", name="Mail", business_handle=MAILBOX, secrets={}, options={}
+    )
+
+
+def test_it_routes_by_conversation_key_and_ignores_a_forged_one(offline_mailbox):
+    from madoguchi.actions.inbound import do_receive_message
+
+    first = do_receive_message(offline_mailbox, inbound_mail("<a@x>", "a@customer.example"))
+    key = conversation_key(first.conversation_id)
+    keyed = do_receive_message(
+        offline_mailbox, inbound_mail("<b@x>", "colleague@customer.example", key=key)
+    )
+    assert keyed.conversation_id == first.conversation_id
+    forged = key[:-1] + ("0" if key[-1] != "0" else "1")
+    assert conversation_id_for_key(forged) is None
+    other = do_receive_message(
+        offline_mailbox, inbound_mail("<c@x>", "stranger@elsewhere.example", key=forged)
+    )
+    assert other.conversation_id != first.conversation_id
+
+
+def test_it_routes_hinted_messages_of_a_bulk_batch_one_by_one(offline_mailbox):
+    from django.db import transaction
+
+    from madoguchi.actions.inbound import do_receive_message, do_receive_messages
+
+    first = do_receive_message(offline_mailbox, inbound_mail("<a@x>", "a@customer.example"))
+    with transaction.atomic():
+        stored_now = do_receive_messages(
+            offline_mailbox,
+            [
+                inbound_mail("<n@x>", "new@customer.example"),
+                inbound_mail("<r@x>", "other@customer.example", hints=("<zz@x>", "<a@x>")),
+            ],
+        )
+    by_id = {m.platform_message_id: m for m in stored_now}
+    assert by_id["<r@x>"].conversation_id == first.conversation_id
+    assert by_id["<n@x>"].conversation_id != first.conversation_id
+    # A hint to nothing we know: the sender's own conversation, as for any channel.
+    lone = do_receive_message(
+        offline_mailbox, inbound_mail("<l@x>", "new@customer.example", hints=("<unknown@x>",))
+    )
+    assert lone.conversation_id == by_id["<n@x>"].conversation_id

@@ -597,7 +597,19 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
     queries for the batch plus one cheap statement per contact and per conversation. For the
     worker's busy path (B2); must be called inside a transaction. An IntegrityError (another
     worker stored the same contact or conversation at the same moment) is the caller's to retry.
+    Messages that name their conversation (thread hints, a conversation key) are routed one by
+    one through do_receive_message, after the others (the worker sends such bodies there
+    anyway).
     """
+    if any(m.thread_hints or m.conversation_key for m in inbounds):
+        threaded = [m for m in inbounds if m.thread_hints or m.conversation_key]
+        plain = [m for m in inbounds if not (m.thread_hints or m.conversation_key)]
+        messages = do_receive_messages(channel, plain) if plain else []
+        for inbound in threaded:
+            message = do_receive_message(channel, inbound)
+            if message is not None:
+                messages.append(message)
+        return messages
     fresh: dict[str, InboundMessage] = {}
     for inbound in inbounds:
         fresh.setdefault(clean(inbound.platform_message_id, 255), inbound)

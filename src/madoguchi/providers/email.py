@@ -311,6 +311,14 @@ class EmailProvider(Provider):
 
         return MailboxReceiver(ImapSettings.from_config(self.config), state, sink)
 
+    def fetch_media(self, media: MediaRef, destination: str, *, kind: str = "") -> StoredMedia:
+        """Never needed: attachments come with their bytes (``MediaRef.content``) and are
+        stored when the mail is processed. A permanent error for anything else."""
+        raise SendError(
+            PlatformError(NETWORK_ERROR_CODE, "Email attachments are stored with their mail"),
+            permanent=True,
+        )
+
     def store_attachment(
         self, raw: bytes, media: MediaRef, destination: str, *, kind: str = ""
     ) -> StoredMedia:
