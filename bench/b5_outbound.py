@@ -188,7 +188,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> N
 
 
 def run(kind: str, quick: bool) -> list[Result]:
-    recipients, per_recipient = (100, 12) if quick else (250, 40)
+    recipients, per_recipient = (100, 6) if quick else (250, 40)
     workers_count = 2
     total = NUMBERS * recipients * per_recipient
     db = Database(kind)
@@ -332,11 +332,15 @@ def run(kind: str, quick: bool) -> list[Result]:
             return db_rows(db, "SELECT COUNT(*) FROM madoguchi_message WHERE status = 'sent'")[0][0]
 
         while kills < kills_wanted:
-            # spread the kills over the expected run, at an odd offset from the job cycle
-            due = (
-                started + 2.0 + (kills + 1) * (expected_seconds - 2.0) / (kills_wanted + 1) + 0.0137
+            # spread the kills over the run by progress (whatever the machine's speed), polling
+            # at an odd period so they land anywhere in the job cycle
+            threshold = total * (kills + 1) / (kills_wanted + 1)
+            wait_until(
+                lambda threshold=threshold: sent_count() >= threshold,
+                120 + 6 * expected_seconds,
+                "progress before a kill",
+                0.0537,
             )
-            time.sleep(max(0.0, due - time.monotonic()))
             victim = workers[kills % workers_count]
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait()
