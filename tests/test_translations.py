@@ -53,3 +53,24 @@ def test_the_compiled_catalog_matches_the_po_file(domain):
         if catalog.gettext(unescape(m)) != unescape(s)
     ]
     assert stale == []
+
+
+@pytest.mark.parametrize("domain", ["django", "djangojs"])
+def test_every_string_in_the_code_has_an_entry(domain, tmp_path):
+    """makemessages over a copy of the package finds no string the catalog lacks."""
+    import shutil
+    import subprocess
+    import sys
+
+    package = LOCALE.parents[2]
+    copy = tmp_path / "madoguchi"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    subprocess.run(
+        [sys.executable, "-m", "django", "makemessages", "-l", "ja", "-d", domain],
+        cwd=copy,
+        check=True,
+        capture_output=True,
+    )
+    ours = {m for m, _, _ in entries(LOCALE / f"{domain}.po")}
+    found = {m for m, _, _ in entries(copy / "locale" / "ja" / "LC_MESSAGES" / f"{domain}.po")}
+    assert sorted(found - ours) == []

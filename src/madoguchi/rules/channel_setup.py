@@ -185,6 +185,19 @@ SETUP: dict[str, KindSetup] = {
                 choices=("tls", "starttls", "none"),
                 default="tls",
             ),
+            SetupField(
+                "imap_start",
+                _l("First mail to read"),
+                "option",
+                "choice",
+                choices=("new", "unseen", "all"),
+                default="new",
+                cli=False,
+                help=_l(
+                    "new: only mail arriving after set-up; unseen: also mail not read yet; "
+                    "all: the whole mailbox."
+                ),
+            ),
         ),
     ),
 }
