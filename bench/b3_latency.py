@@ -216,7 +216,7 @@ def measure(
 
 
 def run(kind: str, quick: bool) -> list[Result]:
-    seconds = 10 if quick else 30
+    seconds = 8 if quick else 30
     count = RATE * seconds
     db = Database(kind)
     try:
