@@ -217,6 +217,20 @@ class Capabilities:
     # References): sends get the conversation's history in their SendContext (one more query
     # per send); other platforms get only the conversation key.
     threads_in_messages: bool = False
+    # The platform's webhooks carry no name for a contact but the platform can be asked for
+    # one (Messenger's User Profile API): the core calls ``Provider.fetch_profile`` once for
+    # each new contact handle, in a job, and names the contact from the answer.
+    has_profile_lookup: bool = False
+
+
+@dataclass(frozen=True)
+class ContactProfile:
+    """What a platform says about a contact (``Provider.fetch_profile``). ``name`` is the name
+    as people read it (never empty); ``avatar_url`` a picture of them, "" when none (on Meta a
+    signed CDN URL that expires: worth showing soon, not keeping)."""
+
+    name: str
+    avatar_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -443,6 +457,15 @@ class Provider:
 
     def mark_read(self, platform_message_id: str) -> None:
         """Tell the platform the business read an inbound message (best effort)."""
+
+    def fetch_profile(self, handle: str) -> ContactProfile | None:
+        """Ask the platform who the contact ``handle`` is (only called when
+        ``capabilities.has_profile_lookup``; the default knows nothing). Network I/O: never
+        call it inside a transaction. Returns None when the platform answered without a name.
+        Raises SendError: ``permanent`` when asking again cannot help (a person who never
+        opened the conversation, an unknown handle, a revoked token), transient otherwise
+        (timeouts, 5xx, rate limits: ``retry_after`` is a hint)."""
+        return None
 
     def list_templates(self) -> list[dict[str, Any]]:
         """Every template of the account, all pages, as the platform describes them."""

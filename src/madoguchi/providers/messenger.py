@@ -10,7 +10,14 @@ Implements, after ``shared/platforms/PROTOCOLS.md`` §C:
   24-hour window and ``MESSAGE_TAG`` + ``HUMAN_AGENT`` when the window rule passes the tag;
 - errors classified on their (code, subcode) pair (C6);
 - the credential check at channel set-up: ``GET /{page-id}?fields=id,name`` with the page token,
-  and the app the token belongs to (``GET /app``, best effort), whose id recognises our echoes.
+  and the app the token belongs to (``GET /app``, best effort), whose id recognises our echoes;
+- the contact's name: page webhooks carry none, so ``fetch_profile`` asks the User Profile API,
+  ``GET /{PSID}?fields=first_name,last_name,profile_pic`` with the page token (Meta's "User
+  Profile API", updated Mar 18 2026:
+  https://developers.facebook.com/documentation/business-messaging/messenger-platform/identity/user-profile).
+  The page may read a person's profile once they started the conversation (sent a message,
+  tapped Get Started, accepted a message request...); before that, or for a PSID it cannot
+  read, the Graph answers an error (code 100), which is permanent: the contact keeps its PSID.
 
 Channel configuration (``ChannelConfig``): ``business_handle`` = the page id; secrets
 ``page_access_token``, ``app_secret``, ``verify_token``; options ``app_id`` (our app, to drop
@@ -47,6 +54,7 @@ from madoguchi.errors import Invalid
 from . import messenger_wire as wire
 from .base import (
     Capabilities,
+    ContactProfile,
     InboundEvent,
     MediaRef,
     MediaTooLarge,
@@ -79,6 +87,7 @@ class MessengerProvider(Provider):
         read_receipts=True,
         max_text_length=wire.MAX_TEXT_LENGTH,
         caption_kinds=frozenset(),  # a Messenger attachment carries no text
+        has_profile_lookup=True,  # webhooks carry a PSID, never a name
     )
 
     # -- helpers -------------------------------------------------------------------------
@@ -230,6 +239,17 @@ class MessengerProvider(Provider):
                 PlatformError(code=-3, title="Media URL outside the allowed hosts"),
                 permanent=True,
             )
+
+    def fetch_profile(self, handle: str) -> ContactProfile | None:
+        """The person's name and picture from the User Profile API. Raises SendError as
+        ``classify_error`` maps the Graph error: 100 (never opted in, unknown PSID) and 190
+        (token) permanent; rate limits, 5xx and timeouts transient."""
+        answer = self.call(
+            "GET",
+            self.graph_url(quote(handle, safe="")),
+            params={"fields": wire.PROFILE_FIELDS},
+        )
+        return wire.parse_profile(answer)
 
     # -- outbound ------------------------------------------------------------------------
     def messages_url(self) -> str:

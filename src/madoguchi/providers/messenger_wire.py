@@ -25,7 +25,12 @@ This module implements, against ``/work/shared/platforms/PROTOCOLS.md`` section 
   ``reply_to``, attachments by URL, by ``attachment_id`` or uploaded with the request
   (multipart ``filedata``), and ``sender_action`` bodies;
 - the classification of Send API errors (C6) into permanent or transient ones, keyed on the
-  (code, subcode) pair, and a short agent-friendly reason for each.
+  (code, subcode) pair, and a short agent-friendly reason for each;
+- the User Profile API's answer (``GET /{PSID}?fields=first_name,last_name,profile_pic``,
+  Meta's "User Profile API" page, updated Mar 18 2026,
+  https://developers.facebook.com/documentation/business-messaging/messenger-platform/identity/user-profile)
+  read into a ``ContactProfile`` by ``parse_profile``; its errors have the Graph shape and go
+  through ``classify_error`` like a send's.
 
 Own echoes. Messenger echoes every message the page sends (``message_echoes``) with
 ``is_echo: true`` and the ``app_id`` (a JSON number) of the app that sent it; sender and
@@ -80,6 +85,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstra
 from pydantic import ValidationError as PydanticValidationError
 
 from madoguchi.providers.base import (
+    ContactProfile,
     InboundEvent,
     InboundMessage,
     MediaRef,
@@ -840,6 +846,53 @@ def sender_action_body(psid: str, action: str) -> dict[str, Any]:
     if action not in SENDER_ACTIONS:
         raise ValueError(f"unknown sender_action {action!r}")
     return {"recipient": {"id": psid}, "sender_action": action}
+
+
+# ---------------------------------------------------------------------------------------------
+# User Profile API
+# ---------------------------------------------------------------------------------------------
+
+# The fields the User Profile page documents for every app (locale, timezone and gender need
+# permissions granted by App Review, so they are not asked for: an ungranted field could fail
+# the whole request).
+PROFILE_FIELDS = "first_name,last_name,profile_pic"
+MAX_PROFILE_NAME = 200
+
+# Scripts whose names read family name first (田中 花子, not 花子 田中): kana, Han, Hangul.
+_EAST_ASIAN_NAME = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+"
+)
+
+
+class _Profile(WireModel):
+    id: str = ""
+    first_name: str = ""
+    last_name: str = ""
+    profile_pic: str = ""
+
+
+def profile_name(first_name: str, last_name: str) -> str:
+    """The name as people read it: "First Last", or "Family Given" with a space when both
+    parts are written in an East Asian script (田中 花子)."""
+    first, last = " ".join(first_name.split()), " ".join(last_name.split())
+    if first and last and _EAST_ASIAN_NAME.fullmatch(first + last):
+        return f"{last} {first}"
+    return " ".join(part for part in (first, last) if part)
+
+
+def parse_profile(payload: Any) -> ContactProfile | None:
+    """The ``ContactProfile`` in a User Profile API answer (``{"first_name", "last_name",
+    "profile_pic", "id"}``); None when it carries no name or is not such an answer. The
+    picture is kept only as an http(s) URL."""
+    try:
+        profile = _Profile.model_validate(payload)
+    except PydanticValidationError:
+        return None
+    name = profile_name(profile.first_name, profile.last_name).replace("\x00", "")
+    if not name:
+        return None
+    pic = profile.profile_pic if profile.profile_pic.startswith(("https://", "http://")) else ""
+    return ContactProfile(name=name[:MAX_PROFILE_NAME], avatar_url=pic)
 
 
 # ---------------------------------------------------------------------------------------------

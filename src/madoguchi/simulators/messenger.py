@@ -14,6 +14,18 @@ What it implements, following ``PROTOCOLS.md`` section C (the Messenger contract
   watermark.
 - ``GET /v{N}.0/{page-id}`` / ``/me`` (``fields=id,name``), ``GET /v{N}.0/app`` (the app the token
   belongs to) and ``GET /v{N}.0/{message-id}?fields=from,to,message,created_time``.
+- The User Profile API, ``GET /v{N}.0/{PSID}?fields=first_name,last_name,profile_pic`` with the
+  page token (Meta's "User Profile API" page, updated Mar 18 2026,
+  https://developers.facebook.com/documentation/business-messaging/messenger-platform/identity/user-profile):
+  the person's first and last name and a ``profile_pic`` URL (served like attachments), only
+  once they started the conversation (a message, a postback, a reaction: "The person starts
+  the conversation by sending a message"...). Before that, and for a PSID the page does not
+  know, 100 (subcode 33, the Graph's "cannot be loaded due to missing permissions"); a token
+  of no page, 190; an unknown field, 100 ("Tried accessing nonexisting field"). ``locale``,
+  ``timezone`` and ``gender`` need permissions the simulated app does not have: they are
+  accepted and left out of the answer. Lookups are logged (:attr:`profile_lookups`) and take
+  their own injected faults (:meth:`MessengerSimulator.inject_profile_faults`), apart from
+  the sends'.
 - Attachments served from ``/_media/{token}`` without credentials, like Meta's pre-signed CDN
   URLs; customers' photos and files and the page's uploads live there.
 - Webhook delivery (C2, C4): compact ASCII-escaped JSON, ``X-Hub-Signature-256`` with the app
@@ -30,7 +42,7 @@ What it implements, following ``PROTOCOLS.md`` section C (the Messenger contract
   - ``POST /_sim/postback`` ``{page_id, psid, title, payload}`` → ``{"id"}``
   - ``POST /_sim/page_inbox_reply`` ``{page_id, psid, text}`` → ``{"mid"}``
   - ``POST /_sim/read`` ``{page_id, psid}``
-  - ``POST /_sim/users`` ``{page_id, psid, name?, available?}``
+  - ``POST /_sim/users`` ``{page_id, psid, name?, first_name?, last_name?, available?}``
   - ``POST /_sim/faults`` ``{page_id, faults: [["http", 500], ["graph", 613], ...]}``
   - ``GET /_sim/sent?page_id=...&since=N`` → ``{"data": [...], "next": N}``
   - ``GET /_sim/stats`` → counters
@@ -113,6 +125,11 @@ _TOP_LEVEL = frozenset(
     | {"notification_type", "persona_id", "access_token"}
 )
 _VERSION_RE = re.compile(r"v\d+\.\d+")
+# Fields of the User Profile API (the last three need permissions the simulated app lacks).
+PROFILE_FIELDS = ("id", "first_name", "last_name", "profile_pic", "locale", "timezone", "gender")
+_FAMILY_NAME_FIRST = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff ]+"
+)
 WINDOW_MESSAGE = (
     "(#10) This message is sent outside of allowed window. Learn more about the new policy "
     "here: https://developers.facebook.com/docs/messenger-platform/policy-overview"
@@ -204,12 +221,38 @@ class SentMessage(NamedTuple):
     upload: tuple[str, int] | None  # (mime type, size) of a filedata upload
 
 
+def split_name(name: str) -> tuple[str, str]:
+    """(first_name, last_name) of a full name as people write it: "Lucía Gómez" → ("Lucía",
+    "Gómez"); names in an East Asian script are written family name first: "佐藤 花子" →
+    ("花子", "佐藤"). One word is a first name alone."""
+    parts = name.split(None, 1)
+    if len(parts) < 2:
+        return (parts[0] if parts else "", "")
+    if _FAMILY_NAME_FIRST.fullmatch(name.strip()):
+        return parts[1], parts[0]
+    return parts[0], parts[1]
+
+
 @dataclass
 class _User:
     psid: str
     name: str
     available: bool = True
     last_inbound: float | None = None  # wall-clock seconds of the latest window-opening event
+    # Explicit names (None: split from ``name``).
+    first_name: str | None = None
+    last_name: str | None = None
+    # Whether the person started the conversation: until then the page may not read the
+    # profile (User Profile API, "User Opt-in").
+    opted_in: bool = False
+    picture: str = ""  # attachment token of the profile picture, made on first lookup
+
+    def names(self) -> tuple[str, str]:
+        first, last = split_name(self.name)
+        return (
+            first if self.first_name is None else self.first_name,
+            last if self.last_name is None else self.last_name,
+        )
 
 
 @dataclass
@@ -242,6 +285,7 @@ class _Page:
     bucket: _Bucket
     users: dict[str, _User] = field(default_factory=dict)
     faults: deque[tuple[Any, ...]] = field(default_factory=deque)
+    profile_faults: deque[tuple[Any, ...]] = field(default_factory=deque)
 
 
 class MessengerSimulator:
@@ -296,6 +340,7 @@ class MessengerSimulator:
             "sends_accepted": 0,
             "sends_rejected": 0,
             "sender_actions": 0,
+            "profile_lookups": 0,
             "inbound_events": 0,
             "webhook_attempts": 0,
             "webhooks_ok": 0,
@@ -305,6 +350,8 @@ class MessengerSimulator:
         self._sent_dropped = 0
         self.sent: list[SentMessage] = []
         self.sender_actions: list[tuple[str, str, str, float]] = []  # page, psid, action, time
+        # User Profile API requests: (page id, psid, fields asked, HTTP status answered).
+        self.profile_lookups: list[tuple[str, str, tuple[str, ...], int]] = []
         self.requests: list[Any] = []
         self.webhook_log: list[WebhookAttempt] = []
         self._closed = False
@@ -369,15 +416,41 @@ class MessengerSimulator:
                 users=old.users if old else {},
             )
 
-    def add_user(self, page_id: str, psid: str, name: str = "", *, available: bool = True) -> None:
+    def add_user(
+        self,
+        page_id: str,
+        psid: str,
+        name: str = "",
+        *,
+        available: bool = True,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> None:
         """A person with a page-scoped id for ``page_id`` (created by their first message too).
-        ``available=False``: they blocked the page or deactivated their account (551)."""
+        ``available=False``: they blocked the page or deactivated their account (551). Their
+        profile's ``first_name`` / ``last_name`` are split from ``name`` unless given. Adding
+        a person does not opt them in: their profile is readable once they write."""
         with self._lock:
             page = self._page(page_id)
             user = page.users.setdefault(str(psid), _User(str(psid), name))
             user.available = available
             if name:
                 user.name = name
+            if first_name is not None:
+                user.first_name = first_name
+            if last_name is not None:
+                user.last_name = last_name
+
+    def inject_profile_faults(self, page_id: str, faults: Iterable[Sequence[Any]]) -> None:
+        """Queue answers for the next User Profile API requests of a page, as
+        :meth:`inject_faults` does for sends (which keep their own queue)."""
+        parsed = []
+        for fault in faults:
+            if fault[0] not in ("http", "graph", "timeout") or len(fault) < 2:
+                raise ValueError(f"unknown fault {fault!r}")
+            parsed.append(tuple(fault))
+        with self._lock:
+            self._page(page_id).profile_faults.extend(parsed)
 
     def inject_faults(self, page_id: str, faults: Iterable[Sequence[Any]]) -> None:
         """Queue answers for the next Send API requests of a page, one per request:
@@ -591,6 +664,9 @@ class MessengerSimulator:
         with self._lock:
             page = self._page(page_id)
             user = page.users.setdefault(psid, _User(psid, name))
+            if name:
+                user.name = name
+            user.opted_in = True  # "starts the conversation by sending a message" (and so on)
             user.last_inbound = max(user.last_inbound or 0.0, when)
             if mid is not None:
                 self._messages[mid] = _Message(mid, page.page_id, psid, True, when, body)
@@ -964,9 +1040,12 @@ class MessengerSimulator:
         fields = [f for f in request.query_params.get("fields", "").split(",") if f]
         with self._lock:
             message = self._messages.get(object_id)
+            is_page = object_id in ("me", "app") or object_id in self._pages
         if message is not None:
             page = self._page_for(request, message.page_id)
             return _json_response(self._message_json(page, message, fields))
+        if not is_page and object_id.isdigit():
+            return await self._profile(request, object_id, fields)
         page = self._page_for(request, object_id)
         if object_id == "app":
             app = {
@@ -978,6 +1057,58 @@ class MessengerSimulator:
         return _json_response(
             _select({"id": page.page_id, "name": page.name}, fields or ["id", "name"])
         )
+
+    async def _profile(self, request: Request, psid: str, fields: list[str]) -> Response:
+        """``GET /{PSID}``: the User Profile API, for the page the token belongs to."""
+        page = self._page_for(request, "me")  # a PSID is scoped to the token's page; 190
+        asked = tuple(fields)
+        with self._lock:
+            fault = page.profile_faults.popleft() if page.profile_faults else None
+        if fault is not None:
+            response = await self._apply_fault(fault)
+            if response is not None:
+                self._log_profile(page, psid, asked, response.status_code)
+                return response
+        try:
+            answer = self._profile_json(page, psid, fields or ["first_name", "last_name"])
+        except GraphError as exc:
+            self._log_profile(page, psid, asked, exc.http_status)
+            raise
+        self._log_profile(page, psid, asked, 200)
+        return _json_response(answer)
+
+    def _profile_json(self, page: _Page, psid: str, fields: list[str]) -> dict[str, Any]:
+        for name in fields:
+            if name not in PROFILE_FIELDS:
+                raise _invalid(f"Tried accessing nonexisting field ({name}) on node type (User)")
+        with self._lock:
+            user = page.users.get(psid)
+            if user is None or not user.opted_in:
+                raise GraphError(
+                    100,
+                    f"Unsupported get request. Object with ID '{psid}' does not exist, cannot "
+                    "be loaded due to missing permissions, or does not support this operation.",
+                    subcode=33,
+                )
+            first, last = user.names()
+            if "profile_pic" in fields and not user.picture:
+                shade = int(psid[-6:]) % 200 if psid[-6:].isdigit() else 100
+                user.picture = self._store_attachment(
+                    tiny_png((shade, 120, 255 - shade)), "image/png", "profile.png"
+                )
+            full = {
+                "id": psid,
+                "first_name": first,
+                "last_name": last,
+                "profile_pic": self._attachment_url(user.picture) if user.picture else "",
+            }
+        return _select(full, fields)
+
+    def _log_profile(self, page: _Page, psid: str, fields: tuple[str, ...], status: int) -> None:
+        with self._lock:
+            self.profile_lookups.append((page.page_id, psid, fields, status))
+            self._trim(self.profile_lookups)
+            self._stats["profile_lookups"] += 1
 
     def _message_json(self, page: _Page, message: _Message, fields: list[str]) -> dict[str, Any]:
         with self._lock:
@@ -1061,6 +1192,8 @@ class MessengerSimulator:
                 str(b["psid"]),
                 str(b.get("name", "")),
                 available=bool(b.get("available", True)),
+                first_name=str(b["first_name"]) if "first_name" in b else None,
+                last_name=str(b["last_name"]) if "last_name" in b else None,
             )
             return {"success": True}
 
