@@ -146,9 +146,20 @@ def test_the_demo_runs_serves_logins_and_stops_cleanly_on_ctrl_c(tmp_path):
         )
         assert form.status_code == 200 and response.status_code == 302
         assert (tmp_path / "madoguchi.sqlite3").exists()  # embedded SQLite, not DATABASE_URL
+        # Simulated customers write on all four channels (email through the IMAP simulator
+        # and the worker's receiver): the agent's inbox shows each kind.
+        kinds: set[str] = set()
+        deadline = time.monotonic() + 120
+        while kinds != {"whatsapp", "viber", "messenger", "email"}:
+            assert time.monotonic() < deadline, f"only {sorted(kinds)} after two minutes"
+            time.sleep(1)
+            page = client.get("/api/v1/conversations", params={"status": "all", "limit": 200})
+            assert page.status_code == 200, page.text
+            kinds = {item["channel"]["kind"] for item in page.json()["items"]}
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "Logins" in output and "aiko" in output
+    assert "Email (IMAP) simulator: imap://127.0.0.1:" in output
     assert "Traceback" not in output

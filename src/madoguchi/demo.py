@@ -1,7 +1,7 @@
 """``madoguchi demo``: the whole product in one process with no account anywhere.
 
 Embedded SQLite in the data directory, a simulator for each platform (WhatsApp Cloud API, Viber,
-Messenger) on free local ports, an in-process worker, seeded users and simulated customers
+Messenger, and an IMAP + SMTP mail server for Email) on free local ports, an in-process worker, seeded users and simulated customers
 writing in several languages on every channel. Running it again reuses the data directory
 (users, channels, history) and points the channels at the new simulators.
 """
@@ -35,6 +35,8 @@ MESSENGER_APP_ID = "1234567890123456"
 MESSENGER_TOKEN = "demo-page-access-token"
 MESSENGER_SECRET = "demo-messenger-app-secret"
 MESSENGER_VERIFY = "demo-messenger-verify-token"
+MAILBOX = "support@demo-shop.example"
+MAILBOX_PASSWORD = "demo-mailbox-password"
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ def seed_canned_replies() -> None:
 
 def demo_channel(kind: str, business_handle: str, api_base: str, **fields: Any) -> Any:
     """The demo's channel of ``kind``, created on first run (without asking the simulator: it
-    is the demo's own), pointed at this run's simulator after."""
+    is the demo's own), pointed at this run's simulator after (its API base, and for email the
+    options, which hold the servers' ports)."""
     from madoguchi.actions.channels import do_create_channel
     from madoguchi.models import Channel
 
@@ -83,7 +86,11 @@ def demo_channel(kind: str, business_handle: str, api_base: str, **fields: Any) 
             None, kind=kind, business_handle=business_handle, api_base=api_base, **fields
         )
     channel.api_base = api_base
-    channel.save(update_fields=["api_base"])
+    update = ["api_base"]
+    if kind == "email":
+        channel.options = {**channel.options, **fields.get("options", {})}
+        update.append("options")
+    channel.save(update_fields=update)
     return channel
 
 
@@ -108,6 +115,7 @@ class Simulators:
     simulated customers who write to them."""
 
     def __init__(self, host: str, port: int) -> None:
+        from madoguchi.simulators.mail import MailChatter, MailSimulator
         from madoguchi.simulators.messenger import MessengerSimulator
         from madoguchi.simulators.viber import ViberSimulator
         from madoguchi.simulators.whatsapp import WhatsAppSimulator
@@ -116,15 +124,33 @@ class Simulators:
         self.whatsapp = WhatsAppSimulator(status_delays=(0.4, 1.0, 3.0), auto_read=True)
         self.viber = ViberSimulator(receipt_delays=(0.6, 2.0))
         self.messenger = MessengerSimulator(receipt_delays=(0.1, 0.6, 2.5))
+        self.mail = MailSimulator()
+        self.mail.add_mailbox(MAILBOX, MAILBOX_PASSWORD)
+        # A few customer mails wait in the mailbox before Madoguchi first reads it.
+        self.mail_customers = MailChatter(self.mail, MAILBOX, seed=17, shop_name="Demo Shop")
+        self.mail_customers.seed_mailbox(3)
         self.running = [
             self.whatsapp.serve_in_thread(),
             self.viber.serve_in_thread(),
             self.messenger.serve_in_thread(),
+            self.mail.serve_in_thread(host),
         ]
         self.channels = self.connect()
 
+    def urls(self) -> list[tuple[str, str]]:
+        """(name, address) of every simulator, for the banner."""
+        whatsapp, viber, messenger, mail = self.running
+        return [
+            ("WhatsApp", whatsapp.url),
+            ("Viber", viber.url),
+            ("Messenger", messenger.url),
+            ("Email (IMAP)", mail.url),
+            ("Email (SMTP)", mail.smtp_url),
+        ]
+
     def connect(self) -> list[Any]:
-        wa_url, viber_url, messenger_url = (r.url for r in self.running)
+        wa_url, viber_url, messenger_url = (r.url for r in self.running[:3])
+        mail = self.running[3]
         whatsapp = demo_channel(
             "whatsapp",
             PHONE_NUMBER_ID,
@@ -182,7 +208,31 @@ class Simulators:
             app_id=MESSENGER_APP_ID,
             webhook_url=self.base + messenger.webhook_path,
         )
-        return [whatsapp, viber, messenger]
+        # Option and secret names as channel set-up stores them (rules/channel_setup.py).
+        email = demo_channel(
+            "email",
+            MAILBOX,
+            "",
+            name="Demo Shop Email",
+            display_handle=MAILBOX,
+            secrets={"imap_password": MAILBOX_PASSWORD, "smtp_password": MAILBOX_PASSWORD},
+            options={
+                "imap_host": mail.host,
+                "imap_port": mail.imap_port,
+                "imap_username": MAILBOX,
+                "imap_security": "none",
+                "smtp_host": mail.host,
+                "smtp_port": mail.smtp_port,
+                "smtp_username": MAILBOX,
+                "smtp_security": "none",
+                "from_name": "Demo Shop",
+                # The first run reads the mails that were waiting (a real mailbox starts from
+                # now by default). Each run's simulator has a new UIDVALIDITY, so a later run
+                # reads its mailbox again; the seeded mails' fixed Message-IDs are duplicates.
+                "imap_start": "all",
+            },
+        )
+        return [whatsapp, viber, messenger, email]
 
     def chatters(self) -> list[Any]:
         """Customers on every channel; a fixed seed: a second run meets the same people."""
@@ -194,12 +244,13 @@ class Simulators:
             CustomerChatter(self.whatsapp, PHONE_NUMBER_ID, seed=7),
             ViberChatter(self.viber, VIBER_TOKEN, seed=11),
             MessengerChatter(self.messenger, MESSENGER_PAGE_ID, seed=13),
+            self.mail_customers,
         ]
 
     def close(self) -> None:
         for running in self.running:
             running.stop()
-        for sim in (self.whatsapp, self.viber, self.messenger):
+        for sim in (self.whatsapp, self.viber, self.messenger, self.mail):
             sim.close()
 
 
@@ -258,10 +309,7 @@ def run_demo(host: str = "127.0.0.1", port: int = 8000) -> None:
     print(
         f"\n  Madoguchi demo: http://{local_host}:{port}/\n"
         f"  Data directory: {settings.DATA_DIR}\n"
-        + "".join(
-            f"  {name} simulator: {running.url}\n"
-            for name, running in zip(("WhatsApp", "Viber", "Messenger"), sims.running, strict=True)
-        )
+        + "".join(f"  {name} simulator: {url}\n" for name, url in sims.urls())
         + f"\n  Logins (password for all: {DEMO_PASSWORD}):\n"
         + "".join(f"    {u:<6} {role}\n" for u, role, _ in DEMO_USERS)
         + "\n  Ctrl-C stops it.\n",
