@@ -75,6 +75,7 @@ class Cluster:
                 "v",
                 "--api-base",
                 self.sim_server.url,
+                "--no-check",  # the number is added to the simulator once the servers run
                 "--json",
             )
         )
