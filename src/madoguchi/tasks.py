@@ -13,9 +13,10 @@ from django.db import transaction
 
 from madoguchi.actions import outbound
 from madoguchi.actions.channels import do_sync_templates
+from madoguchi.actions.contacts import do_update_profile
 from madoguchi.actions.media import do_record_media
 from madoguchi.media_links import public_media_url
-from madoguchi.models import Channel, Job, Message, Throttle
+from madoguchi.models import Channel, ContactIdentity, Job, Message, Throttle
 from madoguchi.providers.base import MediaRef, MediaTooLarge, PlatformError, SendError
 from madoguchi.providers.registry import provider_for
 from madoguchi.queries.threads import send_context
@@ -221,9 +222,38 @@ def sync_templates(job: Job, channel_id: int) -> None:
     do_sync_templates(channel, templates)
 
 
+# A name is a nicety: a transient failure is retried this many times in all, then dropped.
+PROFILE_MAX_ATTEMPTS = 5
+
+
+def fetch_profile(job: Job, identity_id: int) -> None:
+    """Name a new contact from its platform profile (Messenger's webhooks carry none). One
+    job per identity (key ``profile:<id>``), queued when the identity was created without a
+    name. A permanent refusal (the person never opened the conversation, an unknown handle,
+    a bad token) leaves the handle as the name and is not retried; a transient one is retried
+    up to PROFILE_MAX_ATTEMPTS times."""
+    identity = ContactIdentity.objects.select_related("channel").filter(pk=identity_id).first()
+    if identity is None or identity.profile_name:
+        return  # gone, or named since (by the platform or an earlier run of this job)
+    provider = provider_for(identity.channel)
+    if not provider.capabilities.has_profile_lookup:
+        return
+    try:
+        profile = provider.fetch_profile(identity.handle)
+    except SendError as exc:
+        if exc.permanent or job.attempts >= PROFILE_MAX_ATTEMPTS:
+            log.info("no profile for identity %s: %s", identity_id, exc)
+            return
+        delay = exc.retry_after if exc.retry_after is not None else retry_delay(job.attempts)
+        raise Reschedule(delay, f"{exc.error.code} {exc.error.title}") from None
+    if profile is not None:
+        do_update_profile(identity.pk, profile)
+
+
 HANDLERS: dict[str, Callable[..., Any]] = {
     "send_message": send_message,
     "fetch_media": fetch_media,
     "mark_read": mark_read,
     "sync_templates": sync_templates,
+    "fetch_profile": fetch_profile,
 }

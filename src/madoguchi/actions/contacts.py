@@ -19,6 +19,10 @@ the conversation being replied from may send on another identity of the same con
 
 The send itself goes through actions.outbound (one write path), so the target channel's own
 rule (window, subscription, template) decides, and a refusal undoes the opened conversation.
+
+Names from the platform: a channel whose webhooks carry no name (Messenger) looks the person up
+once per new handle (tasks.fetch_profile, outside any transaction) and records the answer with
+``do_update_profile``, which names the contact only while nobody else did.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from django.utils.translation import gettext as _
 
 from madoguchi.errors import Conflict, Forbidden, Invalid
 from madoguchi.models import Channel, Contact, ContactIdentity, Conversation, Message, User
+from madoguchi.providers.base import ContactProfile
 from madoguchi.providers.registry import provider_class
 from madoguchi.realtime.publish import publish_on_commit
 from madoguchi.rules import access
@@ -247,3 +252,69 @@ def check_send_via(
             _("This conversation changed at the same moment. Please try again."),
             code="conflict",
         ) from None
+
+
+def do_update_profile(identity_id: int, profile: ContactProfile) -> ContactIdentity | None:
+    """Record what the platform says the contact behind identity ``identity_id`` is called (a
+    profile lookup: tasks.fetch_profile). Trusted: no actor.
+
+    Sets the identity's ``profile_name``, and the contact's name while the contact has none or
+    still carries one of its own raw handles (a PSID) as its name: a name somebody gave the
+    contact is never overwritten. When anything changed: one audit row
+    (``contact.profile_updated``) and, if the contact's name changed, after commit, each of
+    its conversations to the people allowed to read it. Returns the identity as updated, or
+    None when it no longer exists."""
+    name = profile.name.replace("\x00", "").strip()[:200]
+    if not name:
+        return None
+    # The contact row is locked first, as a merge locks it (then moves identities): the other
+    # order could deadlock with a merge of this very contact. A merge may move the identity
+    # to another contact while we wait; then the new contact is locked instead.
+    with transaction.atomic():
+        for _attempt in range(3):
+            contact_id = (
+                ContactIdentity.objects.filter(pk=identity_id)
+                .values_list("contact_id", flat=True)
+                .first()
+            )
+            if contact_id is None:
+                return None
+            contact = Contact.objects.select_for_update().filter(pk=contact_id).first()
+            identity = (
+                ContactIdentity.objects.filter(pk=identity_id, contact_id=contact_id)
+                .select_related("channel")
+                .first()
+            )
+            if contact is not None and identity is not None:
+                break
+        else:
+            return None
+        handles = set(
+            ContactIdentity.objects.filter(contact=contact).values_list("handle", flat=True)
+        )
+        unnamed = not contact.name.strip() or contact.name in handles
+        renamed = unnamed and contact.name != name
+        if identity.profile_name == name and not renamed:
+            return identity
+        previous_name = contact.name
+        if identity.profile_name != name:
+            identity.profile_name = name
+            ContactIdentity.objects.filter(pk=identity.pk).update(profile_name=name)
+        if renamed:
+            contact.name = name
+            contact.save(update_fields=["name"])
+        audit.record(
+            "contact.profile_updated",
+            contact=contact.pk,
+            identity=identity.pk,
+            channel=identity.channel_id,
+            name=name,
+            renamed=renamed,
+            previous_name=previous_name if renamed else "",
+        )
+        if renamed:
+            for conversation in Conversation.objects.filter(contact=contact).select_related(
+                "channel", "contact", "identity", "assignee"
+            ):
+                publish_conversation(conversation)
+    return identity

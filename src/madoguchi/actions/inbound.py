@@ -41,6 +41,7 @@ from madoguchi.providers.base import (
     SubscriptionUpdate,
     TemplateStatusUpdate,
 )
+from madoguchi.providers.registry import provider_class
 from madoguchi.queries.serialize import conversation_json, message_json
 from madoguchi.queries.threads import conversation_id_for_key
 from madoguchi.realtime import wakeup
@@ -82,9 +83,27 @@ def identity_for(channel: Channel, message: InboundMessage) -> ContactIdentity:
     return contact_identity(channel, message.sender_handle, message.sender_name)
 
 
+def looks_up_profiles(channel: Channel) -> bool:
+    """Whether new contacts on ``channel`` are named by a profile lookup (the platform's
+    webhooks carry no name: Messenger)."""
+    return provider_class(channel.kind).capabilities.has_profile_lookup
+
+
+def profile_job(identity: ContactIdentity) -> Job:
+    """The job (unsaved) that names a new identity from its platform profile
+    (tasks.fetch_profile); one per identity, keyed by it."""
+    return Job(
+        kind="fetch_profile",
+        args={"identity_id": identity.pk},
+        key=f"profile:{identity.pk}",
+        run_at=timezone.now(),
+    )
+
+
 def contact_identity(channel: Channel, handle: str, name: str = "") -> ContactIdentity:
     """The contact behind ``handle`` on ``channel``, created (with a new contact) if unknown;
-    the platform's profile name is kept up to date."""
+    the platform's profile name is kept up to date. A contact created without a name on a
+    channel that looks up profiles gets a fetch_profile job (committed with it)."""
     identity = (
         ContactIdentity.objects.select_related("contact", "contact__owner")
         .filter(channel=channel, handle=handle)
@@ -95,6 +114,9 @@ def contact_identity(channel: Channel, handle: str, name: str = "") -> ContactId
         identity = ContactIdentity.objects.create(
             contact=contact, channel=channel, handle=handle, profile_name=clean(name, 200)
         )
+        if not identity.profile_name and looks_up_profiles(channel):
+            job = profile_job(identity)
+            enqueue(job.kind, job.args, key=job.key)
     elif name and identity.profile_name != name:
         identity.profile_name = clean(name, 200)
         identity.save(update_fields=["profile_name"])
@@ -649,6 +671,11 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
             ]
         )
         identities.update({i.handle: i for i in made})
+        if looks_up_profiles(channel):
+            unnamed = [profile_job(i) for i in made if not i.profile_name]
+            if unnamed:
+                Job.objects.bulk_create(unnamed)
+                transaction.on_commit(wakeup.notify)
 
     # The window start only moves forward (conditional UPDATEs, one per contact).
     latest: dict[str, Any] = {}
