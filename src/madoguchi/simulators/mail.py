@@ -14,9 +14,10 @@ asyncio event loop running in a thread:
   substrings; fetch items: UID, FLAGS, RFC822.SIZE, INTERNALDATE, RFC822, RFC822.HEADER,
   RFC822.TEXT, BODY[] and BODY.PEEK[] with the sections "", HEADER, TEXT, HEADER.FIELDS (.NOT)
   and partial ranges, FAST), EXPUNGE, CLOSE, UNSELECT, IDLE / DONE with ``* n EXISTS`` pushed as
-  mail arrives, LOGOUT; literals ``{n}`` and ``{n+}`` from the client, ``{n}`` to it. Untagged
-  EXISTS / RECENT / EXPUNGE reach every session at its next command (never EXPUNGE during a
-  FETCH, STORE or SEARCH, RFC 3501 §7.4.1). Anything else is answered BAD (unknown or
+  mail arrives, LOGOUT; literals ``{n}`` and ``{n+}`` from the client, ``{n}`` to it. A session
+  looks at its mailbox (and answers untagged EXISTS / RECENT / EXPUNGE) in SELECT, NOOP, CHECK,
+  APPEND, EXPUNGE and IDLE, not in the middle of a FETCH, STORE or SEARCH: a client that
+  ignores unsolicited EXISTS there (IMAPClient does) still hears of the mail in its next IDLE. Anything else is answered BAD (unknown or
   unsupported command or item) or NO (refused in this state). What is not there: TLS,
   ENVELOPE / BODYSTRUCTURE / numbered body parts, COPY / MOVE, CREATE / DELETE / RENAME.
 - an SMTP server (aiosmtpd, in the same loop) for the mailboxes' owners: with a password set,
@@ -356,6 +357,7 @@ class ImapSession:
         self.known: list[int] = []  # the UIDs this client knows, in sequence order
         self.recent: set[int] = set()
         self.wake = asyncio.Event()
+        self.idling = False
         self.loop = asyncio.get_running_loop()
 
     # -- I/O ------------------------------------------------------------------------------
@@ -481,7 +483,7 @@ class ImapSession:
             by_uid = self.folder.by_uid()
             for uid in new:
                 mail = by_uid[uid]
-                if mail.recent_session is None:
+                if mail.recent_session in (None, self.id):
                     mail.recent_session = self.id
                     self.recent.add(uid)
             self.known.extend(new)
@@ -676,13 +678,23 @@ class ImapSession:
     async def cmd_idle(self, tag: str, args: list[Token]) -> str:
         await self.send(b"+ idling")
         self.wake.clear()
-        await self.send(*self.updates())
+        self.idling = True
         line_task = asyncio.ensure_future(self.reader.readline())
         try:
+            pending = self.updates()
+            if pending:
+                # imaplib reads through a buffered file: lines that arrive together with
+                # "+ idling" sit in its buffer where IMAPClient's idle_check (a poll() of the
+                # socket) never looks, so news older than the IDLE goes out a moment later,
+                # as Dovecot's own mailbox check after "+ idling" does.
+                await asyncio.wait({line_task}, timeout=0.05)
+                await self.send(*pending)
             while True:
                 wake_task = asyncio.ensure_future(self.wake.wait())
                 done, _pending = await asyncio.wait(
-                    {line_task, wake_task}, return_when=asyncio.FIRST_COMPLETED
+                    {line_task, wake_task},
+                    timeout=self.sim.idle_keepalive,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 if wake_task not in done:
                     wake_task.cancel()
@@ -693,9 +705,13 @@ class ImapSession:
                     if line.strip().upper() != b"DONE":
                         raise ImapError("BAD", "Expected DONE.")
                     return "OK Idle completed."
+                if not done:  # RFC 2177 lets a server say it is still there (Dovecot: 2 min)
+                    await self.send(b"* OK Still here")
+                    continue
                 self.wake.clear()
                 await self.send(*self.updates())
         finally:
+            self.idling = False
             if not line_task.done():
                 line_task.cancel()
 
@@ -745,11 +761,7 @@ class ImapSession:
             for seq, mail in mails
             if all(predicate(seq, mail) for predicate in predicates)
         ]
-        lines = self.updates(expunge=uid)
-        await self.send(
-            ("* SEARCH" + "".join(f" {n}" for n in found)).encode(),
-            *lines,
-        )
+        await self.send(("* SEARCH" + "".join(f" {n}" for n in found)).encode())
         return "OK Search completed."
 
     def search_key(
@@ -933,7 +945,7 @@ class ImapSession:
                     answered = [*items, self.fetch_item("FLAGS")]  # the change is reported
             parts = [item.name.encode() + b" " + item.getter(mail) for item in answered]
             out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")")
-        await self.send(*out, *self.updates(expunge=uid))
+        await self.send(*out)
         return "OK Fetch completed."
 
     async def cmd_store(self, tag: str, args: list[Token], uid: bool = False) -> str:
@@ -963,7 +975,7 @@ class ImapSession:
                 if not match.group(2):
                     uid_part = b"UID %d " % mail.uid if uid else b""
                     out.append(b"* %d FETCH (%sFLAGS %s)" % (seq, uid_part, self.flags_of(mail)))
-        await self.send(*out, *self.updates(expunge=uid))
+        await self.send(*out)
         return "OK Store completed."
 
     async def cmd_uid_search(self, tag: str, args: list[Token]) -> str:
@@ -1091,13 +1103,15 @@ class RunningMailServer:
 class MailSimulator:
     """Mailboxes in memory with an IMAP and an SMTP server (see the module docstring).
 
+    ``idle_keepalive``: the seconds between two ``* OK Still here`` to an idle client.
     ``add_mailbox(address, password)`` makes an account whose INBOX receives mail for
     ``address`` and its plus-addresses. ``deliver(raw)`` puts a mail into the mailbox of its
     recipients (as an MX would); ``sent_to(address)`` lists what the SMTP server accepted for
     an outside address. Thread-safe; the servers run in their own event loop thread."""
 
-    def __init__(self, *, uidvalidity: int | None = None) -> None:
+    def __init__(self, *, uidvalidity: int | None = None, idle_keepalive: float = 120.0) -> None:
         self.lock = threading.RLock()
+        self.idle_keepalive = idle_keepalive
         self.uidvalidity = uidvalidity or int(time.time())
         self.accounts: dict[str, Account] = {}
         self.captured: list[CapturedMail] = []
@@ -1144,6 +1158,11 @@ class MailSimulator:
     def smtp_requires_auth(self) -> bool:
         with self.lock:
             return any(account.smtp_password for account in self.accounts.values())
+
+    def idle_sessions(self) -> int:
+        """How many IMAP sessions are in IDLE now (tests wait for it before mail arrives)."""
+        with self.lock:
+            return sum(1 for session in self.sessions if session.idling)
 
     def inbox(self, address: str) -> Folder:
         with self.lock:
