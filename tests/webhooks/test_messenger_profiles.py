@@ -207,3 +207,24 @@ def test_channels_without_profile_lookups_queue_nothing(channel, bulk):
             do_receive_message(channel, message)
     assert ContactIdentity.objects.count() == 1
     assert profile_jobs() == []
+
+
+# -- the action -----------------------------------------------------------------------------------
+
+
+def test_the_action_names_a_contact_still_called_by_any_of_its_handles(messenger_channel):
+    from madoguchi.actions.contacts import do_update_profile
+    from madoguchi.actions.inbound import contact_identity
+    from madoguchi.providers.base import ContactProfile
+
+    first = contact_identity(messenger_channel, "1000000000000005")
+    second = ContactIdentity.objects.create(
+        contact=first.contact, channel=messenger_channel, handle="1000000000000006"
+    )
+    assert do_update_profile(second.pk, ContactProfile(name=" Ana Lima ")).profile_name == (
+        "Ana Lima"
+    )
+    assert Contact.objects.get().name == "Ana Lima"
+    do_update_profile(second.pk, ContactProfile(name="Ana Lima"))  # nothing new: no audit row
+    assert AuditEvent.objects.filter(action="contact.profile_updated").count() == 1
+    assert do_update_profile(10**9, ContactProfile(name="Nobody")) is None
