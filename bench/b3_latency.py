@@ -200,7 +200,7 @@ def measure(
         time.sleep(0.5)
         cpu = cpu_seconds(pids)
         began = time.monotonic()
-        sent = send(requests, RATE)
+        sent, failures = send(requests, RATE)
         time.sleep(2.0)  # the stragglers
         cpu = cpu_seconds(pids) - cpu
         elapsed = time.monotonic() - began
@@ -212,6 +212,7 @@ def measure(
     result["cpu_us"] = cpu * 1e6 / max(1, result["expected"] - result["missing"])
     result["cpu_share"] = cpu / elapsed
     result["send_s"] = sent[-1] - sent[0] if sent else 0.0
+    result["failures"] = failures
     return result
 
 
@@ -302,6 +303,8 @@ def run(kind: str, quick: bool) -> list[Result]:
             f"server busy {m['cpu_share']:.0%} of a core",
             f"{RATE * seconds} sends took {m['send_s']:.1f} s",
         ]
+        if m["failures"]:
+            parts.append(f"{len(m['failures'])} webhooks failed, e.g. {m['failures'][0]}")
         if m["missing"] or m["duplicates"]:
             parts.append(f"{m['missing']} of {m['expected']} deliveries missing")
             parts.append(f"{m['duplicates']} duplicated")

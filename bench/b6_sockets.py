@@ -106,9 +106,14 @@ def measure(
         after = rss_kb(pid)
         opened = first.opened + rest.opened
         sent: list[float] = []
+        failures: list[str] = []
         for request in requests:  # one at a time: each broadcast alone, as in B6's wording
-            sent.extend(send([request], 1.0))
+            times, failed = send([request], 1.0)
+            sent.extend(times)
+            failures.extend(failed)
             time.sleep(gap)
+        if failures:
+            raise RuntimeError(f"broadcast webhooks failed: {failures}")
         time.sleep(2.0)
     finally:
         records = first.stop() + (rest.stop() if rest else [])
