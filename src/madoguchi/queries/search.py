@@ -31,7 +31,7 @@ INDEXED_LENGTH = 3  # a trigram
 CONTACT_CANDIDATES = 300  # beyond this many matching contacts, a text is broad
 MAX_LENGTH = 200  # longer text is cut: whatever contains it contains its first 200 characters
 SHORT_WINDOW = 20_000  # the latest messages read for a query too short for the index
-SHORT_CONVERSATIONS = 5_000  # the most recently active conversations read for such a query
+SHORT_CONVERSATIONS = 2_000  # the most recently active conversations read for such a query
 
 
 def escape_like(text: str) -> str:
