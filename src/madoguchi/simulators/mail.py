@@ -1456,27 +1456,35 @@ class MailChatter:
     def step(self) -> str:
         """One customer answers our latest unanswered mail to them, or writes; returns the
         Message-ID of the mail delivered into the mailbox."""
-        customer = self.rng.choice(self.customers)
-        pending = [m for m in self.sim.sent_to(customer.address) if m.message["Message-ID"]]
-        for captured in pending:
-            message_id = str(captured.message["Message-ID"])
-            if message_id not in customer.answered:
-                customer.answered.add(message_id)
-                return self.answer(customer, captured.message)
+        waiting = [c for c in self.customers if self.unanswered(c)]
+        # People answer a mail soon after it came: those with one to answer go first.
+        if waiting and self.rng.random() < 0.8:
+            customer = self.rng.choice(waiting)
+        else:
+            customer = self.rng.choice(self.customers)
+        for captured in self.unanswered(customer)[:1]:
+            customer.answered.add(str(captured.message["Message-ID"]))
+            return self.answer(customer, captured.message)
         if customer.own and self.rng.random() < 0.2:
             message_id, subject = self.rng.choice(customer.own)
             return self.write(customer, customer.persona.follow_up, subject, parent=message_id)
         return self.write_new(customer)
 
+    def unanswered(self, customer: MailCustomer) -> list[CapturedMail]:
+        """Our mails to ``customer`` that they have not answered yet, oldest first."""
+        return [
+            captured
+            for captured in self.sim.sent_to(customer.address)
+            if str(captured.message["Message-ID"]) not in customer.answered
+        ]
+
     def answer_all(self) -> list[str]:
         """Every customer answers every mail of ours not answered yet (tests, deterministic)."""
         ids = []
         for customer in self.customers:
-            for captured in self.sim.sent_to(customer.address):
-                message_id = str(captured.message["Message-ID"])
-                if message_id not in customer.answered:
-                    customer.answered.add(message_id)
-                    ids.append(self.answer(customer, captured.message))
+            for captured in self.unanswered(customer):
+                customer.answered.add(str(captured.message["Message-ID"]))
+                ids.append(self.answer(customer, captured.message))
         return ids
 
     def seed_mailbox(self, count: int = 3, *, hours_ago: float = 3.0) -> list[str]:
