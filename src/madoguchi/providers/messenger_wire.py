@@ -96,6 +96,10 @@ from madoguchi.providers.base import (
     SendError,
     StatusUpdate,
 )
+from madoguchi.providers.payloads import LOCAL_ERROR_CODE, load_json
+from madoguchi.providers.payloads import network_error as network_error  # re-exported
+from madoguchi.providers.payloads import summarize as _summarize
+from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +365,7 @@ def check_envelope(body: bytes) -> None:
 
 
 def _checked_document(body: bytes) -> dict[str, Any]:
-    document = _load_json(body)
+    document = load_json(body, WebhookPayloadError)
     if not isinstance(document, dict):
         raise WebhookPayloadError("invalid_payload", "the body is not a JSON object")
     if document.get("object") != PAGE_OBJECT:
@@ -408,47 +412,6 @@ class _Unreadable(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _load_json(body: bytes) -> Any:
-    """Decode the body; only finite numbers, strict UTF-8, no lone surrogates in strings."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    def finite_float(text: str) -> float:
-        number = float(text)
-        if not math.isfinite(number):
-            raise ValueError("number out of range")
-        return number
-
-    try:
-        text = bytes(body).decode("utf-8")
-        document = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
-    except (ValueError, RecursionError, TypeError):
-        raise WebhookPayloadError("malformed_json", "the body is not valid JSON") from None
-    if _SURROGATE_ESCAPE.search(text):
-        try:
-            json.dumps(document, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise WebhookPayloadError(
-                "malformed_json", "the body contains an unpaired surrogate escape"
-            ) from None
-        except (ValueError, RecursionError):
-            raise WebhookPayloadError("malformed_json", "the body is not valid JSON") from None
-    return document
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _summarize(exc: PydanticValidationError) -> str:
-    """A short reason from a validation error: field locations and types, never input values."""
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False)[:3]:
-        location = ".".join(str(part) for part in error["loc"]) or "(root)"
-        parts.append(f"{location}: {error['type']}")
-    return "invalid " + "; ".join(parts)
 
 
 def _parse_event(entry: MsEntry, raw: Any, path: str, own_app_id: str, result: WebhookParse) -> int:
@@ -899,10 +862,6 @@ def parse_profile(payload: Any) -> ContactProfile | None:
 # Error classification (C6)
 # ---------------------------------------------------------------------------------------------
 
-# Not a platform code: the request never got a Graph answer (timeout, network, an HTTP error
-# without a readable body). ``title`` says which.
-LOCAL_ERROR_CODE = -1
-
 # "Outside the allowed window": Messenger's (10, 2018278) and Instagram's (10, 2534022).
 WINDOW_ERRORS = frozenset({(10, 2018278), (10, 2534022)})
 # "This person isn't available right now" (blocked the page, deactivated): 551, and subcode
@@ -1033,19 +992,6 @@ def _graph_error(payload: Any) -> _GraphErrorBody | None:
         return _GraphErrorBody.model_validate(inner)
     except PydanticValidationError:
         return None
-
-
-def timeout_error() -> SendError:
-    """The request timed out: transient, retry this request."""
-    return SendError(PlatformError(code=LOCAL_ERROR_CODE, title="Timeout"), permanent=False)
-
-
-def network_error(exc_text: str) -> SendError:
-    """The connection failed (DNS, refused, reset, TLS): transient, retry this request."""
-    return SendError(
-        PlatformError(code=LOCAL_ERROR_CODE, title="Network error", details=exc_text),
-        permanent=False,
-    )
 
 
 def readable_reason(error: PlatformError) -> str:

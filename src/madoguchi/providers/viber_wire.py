@@ -87,6 +87,10 @@ from madoguchi.providers.base import (
     StatusUpdate,
     SubscriptionUpdate,
 )
+from madoguchi.providers.payloads import LOCAL_ERROR_CODE
+from madoguchi.providers.payloads import network_error as network_error  # re-exported
+from madoguchi.providers.payloads import summarize as _summarize
+from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -605,15 +609,6 @@ def _load_json(body: bytes) -> Any:
     return document
 
 
-def _summarize(exc: PydanticValidationError) -> str:
-    """A short reason from a validation error: field locations and types, never input values."""
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False)[:3]:
-        location = ".".join(str(part) for part in error["loc"]) or "(root)"
-        parts.append(f"{location}: {error['type']}")
-    return "invalid " + "; ".join(parts)
-
-
 # ---------------------------------------------------------------------------------------------
 # Request bodies (B2, B5, B6)
 # ---------------------------------------------------------------------------------------------
@@ -733,10 +728,6 @@ def set_webhook_body(
 # ---------------------------------------------------------------------------------------------
 # Status codes (B5)
 # ---------------------------------------------------------------------------------------------
-
-# Not a platform code: the request never got a Viber answer (timeout, network, an HTTP error
-# or a body without a readable ``status``). ``title`` says which.
-LOCAL_ERROR_CODE = -1
 
 STATUS_NAMES: dict[int, str] = {
     0: "ok",
@@ -865,19 +856,6 @@ def classify_error(http_status: int | None, status: int | None, message: str = "
             http_status=http_status,
         )
     return SendError(error, permanent=True, http_status=http_status)
-
-
-def timeout_error() -> SendError:
-    """The request timed out: transient, retry this request."""
-    return SendError(PlatformError(code=LOCAL_ERROR_CODE, title="Timeout"), permanent=False)
-
-
-def network_error(exc_text: str) -> SendError:
-    """The connection failed (DNS, refused, reset, TLS): transient, retry this request."""
-    return SendError(
-        PlatformError(code=LOCAL_ERROR_CODE, title="Network error", details=exc_text),
-        permanent=False,
-    )
 
 
 def readable_reason(error: PlatformError) -> str:

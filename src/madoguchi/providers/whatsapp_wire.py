@@ -42,9 +42,7 @@ any           referral (click-to-WhatsApp ad), referred_product, frequently_forw
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +65,10 @@ from madoguchi.providers.base import (
     StatusUpdate,
     TemplateStatusUpdate,
 )
+from madoguchi.providers.payloads import LOCAL_ERROR_CODE, load_json
+from madoguchi.providers.payloads import network_error as network_error  # re-exported
+from madoguchi.providers.payloads import summarize as _summarize
+from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -457,7 +459,7 @@ def check_envelope(body: bytes) -> None:
     """The webhook hot path's check, before the body is stored: valid JSON, a WhatsApp business
     account object with an ``entry`` list. Raises WebhookPayloadError like ``parse_webhook``;
     what lies inside the entries is the worker's to read (leniently)."""
-    document = _load_json(body)
+    document = load_json(body, WebhookPayloadError)
     if not isinstance(document, dict):
         raise WebhookPayloadError("invalid_payload", "the body is not a JSON object")
     if document.get("object", WHATSAPP_OBJECT) != WHATSAPP_OBJECT:
@@ -469,7 +471,7 @@ def check_envelope(body: bytes) -> None:
 
 def parse_webhook_report(body: bytes) -> WebhookParse:
     """Like ``parse_webhook``, returning the skipped items instead of logging them."""
-    document = _load_json(body)
+    document = load_json(body, WebhookPayloadError)
     if not isinstance(document, dict):
         raise WebhookPayloadError("invalid_payload", "the body is not a JSON object")
     if "object" in document and document["object"] != WHATSAPP_OBJECT:
@@ -491,49 +493,6 @@ def parse_webhook_report(body: bytes) -> WebhookParse:
         for j, raw_change in enumerate(entry.changes):
             _parse_change(entry, raw_change, f"{path}.changes[{j}]", events, skipped)
     return WebhookParse(events=events, skipped=skipped)
-
-
-def _load_json(body: bytes) -> Any:
-    """Decode the body; only finite numbers, strict UTF-8, no lone surrogates in strings."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    def finite_float(text: str) -> float:
-        number = float(text)
-        if not math.isfinite(number):
-            raise ValueError("number out of range")
-        return number
-
-    try:
-        text = bytes(body).decode("utf-8")
-        document = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
-    except (ValueError, RecursionError, TypeError):
-        raise WebhookPayloadError("malformed_json", "the body is not valid JSON") from None
-    # A "\ud83d" escape without its pair decodes to a lone surrogate, which no database and no
-    # UTF-8 encoder accepts; Meta never sends one, so only a body with such an escape is checked.
-    if _SURROGATE_ESCAPE.search(text):
-        try:
-            json.dumps(document, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise WebhookPayloadError(
-                "malformed_json", "the body contains an unpaired surrogate escape"
-            ) from None
-        except (ValueError, RecursionError):
-            raise WebhookPayloadError("malformed_json", "the body is not valid JSON") from None
-    return document
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _summarize(exc: PydanticValidationError) -> str:
-    """A short reason from a validation error: field locations and types, never input values."""
-    parts = []
-    for error in exc.errors(include_input=False, include_url=False)[:3]:
-        location = ".".join(str(part) for part in error["loc"]) or "(root)"
-        parts.append(f"{location}: {error['type']}")
-    return "invalid " + "; ".join(parts)
 
 
 def _parse_change(
@@ -1750,10 +1709,6 @@ def _substitute(text: str, values: Mapping[str, str]) -> str:
 # Error classification (A8)
 # ---------------------------------------------------------------------------------------------
 
-# Not a platform code: the request never got a Graph answer (timeout, network, an HTTP error
-# without a readable body). ``title`` says which.
-LOCAL_ERROR_CODE = -1
-
 WINDOW_ERROR_CODES = frozenset({131047, 470})
 
 
@@ -1904,19 +1859,6 @@ def _graph_error(payload: Any) -> _GraphErrorBody | None:
         return _GraphErrorBody.model_validate(inner)
     except PydanticValidationError:
         return None
-
-
-def timeout_error() -> SendError:
-    """The request timed out: transient, retry this request."""
-    return SendError(PlatformError(code=LOCAL_ERROR_CODE, title="Timeout"), permanent=False)
-
-
-def network_error(exc_text: str) -> SendError:
-    """The connection failed (DNS, refused, reset, TLS): transient, retry this request."""
-    return SendError(
-        PlatformError(code=LOCAL_ERROR_CODE, title="Network error", details=exc_text),
-        permanent=False,
-    )
 
 
 def readable_reason(error: PlatformError) -> str:
