@@ -10,7 +10,7 @@ os.environ.setdefault("MADOGUCHI_RETRY_BASE_SECONDS", "0.05")
 os.environ.setdefault("MADOGUCHI_JOB_LEASE_SECONDS", "30")
 os.environ.setdefault("MADOGUCHI_PAIR_RETRY_BASE_SECONDS", "0.05")
 
-pytest_plugins = ["tests.helpers"]
+pytest_plugins = ["tests.helpers", "tests.channels_helpers"]
 
 
 def pytest_sessionfinish(session, exitstatus):  # type: ignore[no-untyped-def]

@@ -158,3 +158,29 @@ def test_textless_messages_read_in_the_viewers_language():
     with translation.override("ja"):
         assert readable("[Voice message]") == "［ボイスメッセージ］"
         assert readable("[Image] is what I typed") == "[Image] is what I typed"  # customer text
+
+
+def test_channels_without_a_time_window_show_their_own_state(users, viber_channel):
+    """A subscribed Viber user has no window to count down; an unsubscribed one cannot be
+    messaged. Neither reads "Window closed"."""
+    from django.utils import timezone
+
+    from madoguchi.models import Contact, ContactIdentity, Conversation
+
+    for handle, subscribed in (("c3ViCg==", True), ("dW5zdWIK", False)):
+        contact = Contact.objects.create(name=f"Viber {handle}")
+        identity = ContactIdentity.objects.create(
+            contact=contact, channel=viber_channel, handle=handle, subscribed=subscribed
+        )
+        Conversation.objects.create(
+            channel=viber_channel,
+            contact=contact,
+            identity=identity,
+            last_message_at=timezone.now(),
+        )
+    client = Client()
+    login(client, "sora")
+    page = client.get("/?view=all").content.decode()
+    assert page.count('class="window') == 1
+    assert "Not subscribed" in page
+    assert "Window closed" not in page

@@ -38,6 +38,8 @@ class Window:
         return {
             "open": self.open,
             "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            # Why free-form sends are refused: window_closed, template_required, not_subscribed.
+            "reason": self.refusal or None,
         }
 
 

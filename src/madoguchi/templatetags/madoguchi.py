@@ -49,6 +49,8 @@ def full_time(value: object) -> str:
 @register.filter
 def window_left(window: dict | None) -> str:
     """ "5h 20m left" for an open window, "Window closed" otherwise."""
+    if window and window.get("reason") == "not_subscribed":
+        return _("Not subscribed")
     if not window or not window.get("open"):
         return _("Window closed")
     expires = parse(window.get("expires_at"))

@@ -391,14 +391,14 @@ function setLive(on) {
 // -- clocks ----------------------------------------------------------------------------------
 function tick() {
   document.querySelectorAll(".window[data-expires], .countdown[data-expires]").forEach((node) => {
-    if (!node.dataset.expires && !node.classList.contains("open")) return;
+    if (!node.dataset.expires) return; // no time limit (email, Viber): nothing changes by the clock
     const w = windowLeft(node.dataset.expires);
     node.textContent = w.text;
     node.classList.toggle("open", w.open);
     node.classList.toggle("closed", !w.open);
   });
   const t = thread();
-  if (t && t.dataset.windowOpen === "1" && !windowLeft(t.dataset.expires).open) loadThread(openId());
+  if (t && t.dataset.windowOpen === "1" && t.dataset.expires && !windowLeft(t.dataset.expires).open) loadThread(openId());
   document.querySelectorAll("time[datetime]").forEach((node) => { if (node.closest(".row")) node.textContent = when(node.getAttribute("datetime")); });
 }
 

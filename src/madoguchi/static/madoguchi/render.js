@@ -75,11 +75,15 @@ export function initials(name) {
 }
 
 export function conversationRow(c, currentId) {
-  const w = windowLeft(c.window && c.window.open ? c.window.expires_at : null);
+  // A window open with no end (email, a subscribed Viber user) has nothing to show.
+  const open = c.window && c.window.open;
+  const w = open && !c.window.expires_at ? { open: true, text: "" }
+    : c.window && c.window.reason === "not_subscribed" ? { open: false, text: gettext("Not subscribed") }
+    : windowLeft(open ? c.window.expires_at : null);
   const meta = el("span", { class: "row-meta" },
     el("span", { class: "channel", text: c.channel.name }),
     el("span", { class: "assignee", text: c.assignee ? c.assignee.name : gettext("Unassigned") }),
-    el("span", { class: `window ${w.open ? "open" : "closed"}`, dataset: { expires: c.window.expires_at || "" }, text: w.text }),
+    w.text ? el("span", { class: `window ${w.open ? "open" : "closed"}`, dataset: { expires: c.window.expires_at || "" }, text: w.text }) : null,
   );
   const link = el("a", { href: `/c/${c.id}` },
     el("span", { class: "avatar", "aria-hidden": "true", text: initials(c.contact.name) }),
@@ -111,6 +115,8 @@ export function message(m, quoteText) {
     item.append(el("span", { class: "author", text: m.author.name }));
   }
   if (quoteText) item.append(el("blockquote", { class: "quote", dir: "auto", text: quoteText }));
+  // Mail: the subject tells one thread's topics apart.
+  if (m.kind === "text" && m.data && m.data.subject) item.append(el("p", { class: "subject", dir: "auto", text: m.data.subject }));
   const media = m.media;
   if (media && media.url) {
     if (m.kind === "image" || m.kind === "sticker") {
@@ -136,7 +142,7 @@ export function message(m, quoteText) {
       href: `https://www.openstreetmap.org/?mlat=${encodeURIComponent(m.data.latitude)}&mlon=${encodeURIComponent(m.data.longitude)}`,
       text: `📍 ${m.text}`,
     }));
-  } else if (!(MEDIA_KINDS.has(m.kind) && m.text.startsWith("[") && !(m.data && m.data.caption))) {
+  } else if (!(MEDIA_KINDS.has(m.kind) && (m.text.startsWith("[") || (media && m.text === media.filename)) && !(m.data && m.data.caption))) {
     item.append(el("p", { class: "text", dir: "auto", text: readable(m.text) }));
   }
   // The customer's own time for inbound messages (a late delivery keeps its real time).
