@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 from django.conf import settings
+
+from .payloads import network_error, timeout_error
 
 _local = threading.local()
 
@@ -23,3 +27,17 @@ def client() -> httpx.Client:
         )
         _local.client = existing
     return existing
+
+
+@contextmanager
+def transport_errors() -> Iterator[None]:
+    """Turn a failed HTTP exchange (no answer at all) into a transient SendError: a timeout
+    into ``timeout_error()``, any other httpx error (DNS, refused, reset, TLS) into
+    ``network_error`` naming the exception. Answers, whatever their status, are the caller's
+    to classify."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise timeout_error() from None
+    except httpx.HTTPError as exc:
+        raise network_error(type(exc).__name__) from None

@@ -2,7 +2,7 @@
 
 Implements, after ``shared/platforms/PROTOCOLS.md`` §C:
 - the webhook handshake (C1, as WhatsApp's) and ``X-Hub-Signature-256`` with the App Secret over
-  the raw body (C2);
+  the raw body (C2), both in ``meta``;
 - parsing of the page webhook (C3): messages, attachments, postbacks, reactions, delivery and
   read watermarks, echoes (ours dropped by app id), in ``messenger_wire`` (pure);
 - sends through ``POST /{page-id}/messages`` with the page access token (C5): text, media
@@ -38,8 +38,6 @@ arbitrary host.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from pathlib import Path
 from typing import Any
@@ -66,6 +64,7 @@ from .base import (
     StoredMedia,
 )
 from .http import client
+from .meta import MetaWebhooks, graph_call
 
 DEFAULT_API_BASE = "https://graph.facebook.com"
 GRAPH_VERSION = "v25.0"  # C5
@@ -78,7 +77,7 @@ LOCAL_REFUSAL_CODE = -5
 _PSID_DIGITS = (5, 32)
 
 
-class MessengerProvider(Provider):
+class MessengerProvider(MetaWebhooks, Provider):
     kind = "messenger"
     capabilities = Capabilities(
         has_templates=False,
@@ -99,24 +98,15 @@ class MessengerProvider(Provider):
         version = getattr(settings, "MESSENGER_GRAPH_VERSION", GRAPH_VERSION)
         return f"{self.api_base}/{version}/{path.lstrip('/')}"
 
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.secrets.get('page_access_token', '')}"}
+    @property
+    def access_token(self) -> str:
+        return self.config.secrets.get("page_access_token", "")
 
     def call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         """One Graph API call; returns the JSON answer or raises a classified SendError."""
-        try:
-            response = client().request(method, url, headers=self.auth_headers(), **kwargs)
-        except httpx.TimeoutException:
-            raise wire.timeout_error() from None
-        except httpx.HTTPError as exc:
-            raise wire.network_error(type(exc).__name__) from None
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if response.status_code != 200 or not isinstance(payload, dict) or "error" in payload:
-            raise wire.classify_error(response.status_code, payload)
-        return payload
+        return graph_call(
+            method, url, token=self.access_token, classify_error=wire.classify_error, **kwargs
+        )
 
     @staticmethod
     def refused(exc: ValueError) -> SendError:
@@ -127,26 +117,6 @@ class MessengerProvider(Provider):
         )
 
     # -- inbound -------------------------------------------------------------------------
-    def handshake(self, query: dict[str, str]) -> tuple[int, str]:
-        expected = self.config.secrets.get("verify_token", "")
-        given = query.get("hub.verify_token", "")
-        if (
-            query.get("hub.mode") == "subscribe"
-            and expected
-            and hmac.compare_digest(given.encode(), expected.encode())
-            and "hub.challenge" in query
-        ):
-            return 200, query["hub.challenge"]
-        return 403, "Forbidden"
-
-    def verify_signature(self, headers: dict[str, str], body: bytes) -> bool:
-        header = headers.get("x-hub-signature-256", "")
-        secret = self.config.secrets.get("app_secret", "")
-        if not header.startswith("sha256=") or not secret:
-            return False
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(header[7:].strip().lower().encode(), expected.encode())
-
     def parse_webhook(self, body: bytes) -> list[InboundEvent]:
         return wire.parse_webhook(body, own_app_id=str(self.config.options.get("app_id", "")))
 

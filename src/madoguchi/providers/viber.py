@@ -71,7 +71,7 @@ from .base import (
     SentMessage,
     StoredMedia,
 )
-from .http import client
+from .http import client, transport_errors
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +130,12 @@ class ViberProvider(Provider):
 
     def call(self, method: str, body: dict[str, Any]) -> wire.ApiAnswer:
         """One ``POST /pa/<method>``; returns the answer or raises a classified SendError."""
-        try:
+        with transport_errors():
             response = client().post(
                 f"{self.api_base}/pa/{method}",
                 json=body,
                 headers={"X-Viber-Auth-Token": self.auth_token},
             )
-        except httpx.TimeoutException:
-            raise wire.timeout_error() from None
-        except httpx.HTTPError as exc:
-            raise wire.network_error(type(exc).__name__) from None
         return wire.read_answer(response.status_code, response.content)
 
     # -- inbound -------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """WhatsApp Business Platform, Cloud API (Graph API), for one business phone number.
 
 Implements, after ``shared/platforms/PROTOCOLS.md`` §A and Meta's OpenAPI file v23.0:
-- the webhook handshake (A2) and ``X-Hub-Signature-256`` over the raw body (A3);
+- the webhook handshake (A2) and ``X-Hub-Signature-256`` over the raw body (A3), shared with
+  Messenger in ``meta``;
 - parsing of every ``messages`` / ``statuses`` / template-status payload (A4-A6), in
   ``whatsapp_wire`` (pure);
 - sends: text with context, media uploaded then sent by id, templates, read receipts (A7, A11);
@@ -13,8 +14,6 @@ Implements, after ``shared/platforms/PROTOCOLS.md`` §A and Meta's OpenAPI file 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from .base import (
     StoredMedia,
 )
 from .http import client
+from .meta import MetaWebhooks, graph_call
 
 DEFAULT_API_BASE = "https://graph.facebook.com"
 # Meta serves media downloads from its CDN host, not from graph.facebook.com. With a custom
@@ -63,7 +63,7 @@ def media_limit(kind: str, mime_type: str) -> int:
     return MEDIA_LIMITS.get(family, MEDIA_LIMITS["document"])
 
 
-class WhatsAppProvider(Provider):
+class WhatsAppProvider(MetaWebhooks, Provider):
     kind = "whatsapp"
     capabilities = Capabilities(
         has_templates=True, window_hours=24, read_receipts=True, max_text_length=4096
@@ -77,46 +77,20 @@ class WhatsAppProvider(Provider):
     def graph_url(self, path: str) -> str:
         return f"{self.api_base}/{settings.WHATSAPP_GRAPH_VERSION}/{path.lstrip('/')}"
 
+    @property
+    def access_token(self) -> str:
+        return self.config.secrets.get("access_token", "")
+
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.config.secrets.get('access_token', '')}"}
+        return {"Authorization": f"Bearer {self.access_token}"}
 
     def call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
         """One Graph API call; returns the JSON answer or raises a classified SendError."""
-        try:
-            response = client().request(method, url, headers=self.auth_headers(), **kwargs)
-        except httpx.TimeoutException:
-            raise wire.timeout_error() from None
-        except httpx.HTTPError as exc:
-            raise wire.network_error(type(exc).__name__) from None
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if response.status_code != 200 or not isinstance(payload, dict) or "error" in payload:
-            raise wire.classify_error(response.status_code, payload)
-        return payload
+        return graph_call(
+            method, url, token=self.access_token, classify_error=wire.classify_error, **kwargs
+        )
 
     # -- inbound -------------------------------------------------------------------------
-    def handshake(self, query: dict[str, str]) -> tuple[int, str]:
-        expected = self.config.secrets.get("verify_token", "")
-        given = query.get("hub.verify_token", "")
-        if (
-            query.get("hub.mode") == "subscribe"
-            and expected
-            and hmac.compare_digest(given.encode(), expected.encode())
-            and "hub.challenge" in query
-        ):
-            return 200, query["hub.challenge"]
-        return 403, "Forbidden"
-
-    def verify_signature(self, headers: dict[str, str], body: bytes) -> bool:
-        header = headers.get("x-hub-signature-256", "")
-        secret = self.config.secrets.get("app_secret", "")
-        if not header.startswith("sha256=") or not secret:
-            return False
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(header[7:].strip().lower().encode(), expected.encode())
-
     def parse_webhook(self, body: bytes) -> list[InboundEvent]:
         return wire.parse_webhook(body)
 
