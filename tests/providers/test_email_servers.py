@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,25 @@ def test_it_receives_new_mail_when_idle_wakes_it(dovecot, running):
     assert receiver.polls == 0 and receiver.connects == 1
     state = handle.finish()
     assert state == store.state and state.last_uid == 2
+
+
+def test_mail_that_arrives_while_it_fetches_is_not_left_for_the_next_idle(dovecot, running):
+    """Dovecot announces a mail that arrives during a FETCH inside that FETCH's answer, and
+    not again once IDLE starts: the receiver must read it before idling."""
+    ids = append(dovecot, 1, 2)
+    arrived: list[str] = []
+
+    class DeliversDuringTheFetch(Mailstore):
+        def __call__(self, mail: FetchedMail, state: MailboxState) -> None:
+            super().__call__(mail, state)
+            if not arrived:  # between the first mail's FETCH and the second's
+                arrived.extend(append(dovecot, 3))
+
+    store = DeliversDuringTheFetch()
+    settings = imap_settings(dovecot, idle_seconds=3600, poll_seconds=3600, batch_size=1)
+    running(ImapReceiver(replace(settings, start="all"), store))
+    wait_until(lambda: store.count() == 3)
+    assert store.ids == ids + arrived
 
 
 def test_it_polls_when_idle_is_not_used(dovecot, running):

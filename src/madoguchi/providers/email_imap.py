@@ -175,6 +175,16 @@ def close(client: IMAPClient | None) -> None:
             pass
 
 
+def take_announced_mail(client: IMAPClient) -> bool:
+    """Whether the server announced new mail (EXISTS) in the answer of an earlier command,
+    forgetting it. imaplib keeps such unsolicited responses aside (IMAPClient only reads the
+    ones it asked for), so they are looked up there."""
+    untagged = getattr(getattr(client, "_imap", None), "untagged_responses", None)
+    if not isinstance(untagged, dict):
+        return False
+    return bool(untagged.pop("EXISTS", None))
+
+
 class ImapReceiver:
     """Reads one folder and hands every new mail to ``store``.
 
@@ -220,6 +230,9 @@ class ImapReceiver:
                     uidvalidity,
                 )
             state = MailboxState(uidvalidity=uidvalidity, last_uid=0)
+        # From here on, an EXISTS the server slips into a SEARCH or FETCH answer is mail that
+        # arrived during this sync: ``wait`` looks for it (the SELECT's own count is dropped).
+        take_announced_mail(client)
         # "n:*" always matches the highest UID, even below n: keep only the new ones.
         uids = sorted(
             uid for uid in client.search(["UID", f"{state.last_uid + 1}:*"]) if uid > state.last_uid
@@ -262,6 +275,10 @@ class ImapReceiver:
     def wait(self, client: IMAPClient, stop: threading.Event) -> bool:
         """Wait for news: IDLE when the server offers it (re-issued after ``idle_seconds``),
         else one poll interval. True when the server announced new mail."""
+        if take_announced_mail(client):
+            # Mail arrived while the last sync fetched; the server told us then and will not
+            # repeat it in IDLE, so without this it would wait for the next mail or renewal.
+            return True
         if not (self.settings.use_idle and client.has_capability("IDLE")):
             self.polls += 1
             self.pause(stop, self.settings.poll_seconds)
