@@ -103,6 +103,15 @@ class Client(asyncio.Protocol):
         del buffer[:start]
 
     def frame(self, t: float, payload: bytes) -> None:
+        if payload.startswith(b"["):
+            # Events that waited together: "[" + ",".join(encoded events) + "]". Inside an
+            # encoded string a quote is escaped, so ',{"type":' only ever starts an event.
+            for n, part in enumerate(payload[1:-1].split(b',{"type":')):
+                self.event(t, part if n == 0 else b'{"type":' + part)
+            return
+        self.event(t, payload)
+
+    def event(self, t: float, payload: bytes) -> None:
         found = TYPE.match(payload)
         kind = found.group(1).decode() if found else "?"
         if kind == "message":

@@ -65,10 +65,16 @@ def test_a_reassignment_in_assigned_only_removes_the_conversation_from_the_previ
     assert removals and removals[0][1] == [users["aiko"].pk]
 
 
+def frame_events(text: str) -> list[dict]:
+    """The events of one frame: an object, or an array of events that waited together."""
+    frame = json.loads(text)
+    return frame if isinstance(frame, list) else [frame]
+
+
 async def receive_types(ws: websockets.ClientConnection, count: int) -> list[dict]:
     received = []
     while len(received) < count:
-        received.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=10)))
+        received.extend(frame_events(await asyncio.wait_for(ws.recv(), timeout=10)))
     return received
 
 
@@ -101,7 +107,7 @@ def test_the_websocket_delivers_events_to_a_permitted_viewer_only(
             await asyncio.to_thread(customer_writes, "16505551234", "Sheena", "Are you there?")
             got = await receive_types(aiko, 2)
             try:
-                leaked = [json.loads(await asyncio.wait_for(ben.recv(), timeout=0.5))]
+                leaked = frame_events(await asyncio.wait_for(ben.recv(), timeout=0.5))
             except TimeoutError:
                 leaked = []
             return hello + got, leaked
@@ -177,7 +183,7 @@ def test_it_sends_a_socket_its_events_in_the_order_published_after_the_hello(ser
         async with websockets.connect(
             url, additional_headers={"Authorization": f"Bearer {token}", "Origin": server.url}
         ) as ws:
-            received = [json.loads(await asyncio.wait_for(ws.recv(), timeout=10))]
+            received = frame_events(await asyncio.wait_for(ws.recv(), timeout=10))
 
             def publish_burst() -> None:
                 for event in burst:
@@ -185,7 +191,7 @@ def test_it_sends_a_socket_its_events_in_the_order_published_after_the_hello(ser
 
             await asyncio.to_thread(publish_burst)
             while len(received) < len(burst) + 1:
-                received.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=10)))
+                received.extend(frame_events(await asyncio.wait_for(ws.recv(), timeout=10)))
             return received
 
     received = run_async(scenario())
@@ -229,10 +235,34 @@ def test_it_replaces_the_queue_of_a_socket_that_stopped_reading_by_a_resync():
         consumer.draining.cancel()
         return sent + queued
 
-    frames = [json.loads(text) for text in run_async(scenario())]
+    frames = [event for text in run_async(scenario()) for event in frame_events(text)]
     assert frames[0] == {"type": "probe", "n": 0}  # being sent when the client stalled
     resync = frames.index({"type": "resync"})
     assert len(frames) - 1 <= OUTBOX_MAX + 1
     assert [f["n"] for f in frames[resync + 1 :]] == list(
         range(frames[resync + 1]["n"], OUTBOX_MAX + 10)
     )
+
+
+def test_events_waiting_together_for_a_socket_leave_in_one_frame_in_order():
+    """A burst costs one frame per socket; a lone event still goes alone, as an object."""
+    from madoguchi.realtime.consumers import EventsConsumer
+
+    async def scenario() -> list[str]:
+        sent: list[str] = []
+
+        async def raw_send(message: dict) -> None:
+            sent.append(message["text"])
+
+        consumer = EventsConsumer()
+        consumer.outbox, consumer.draining, consumer.raw_send = deque(), None, raw_send
+        for n in range(5):  # pushed before the socket's drain task gets to run
+            consumer.push(json.dumps({"type": "probe", "n": n}))
+        await consumer.draining
+        consumer.push(json.dumps({"type": "probe", "n": 5}))
+        await consumer.draining
+        return sent
+
+    burst, alone = run_async(scenario())
+    assert json.loads(burst) == [{"type": "probe", "n": n} for n in range(5)]
+    assert json.loads(alone) == {"type": "probe", "n": 5}

@@ -141,9 +141,10 @@ def cluster() -> Iterator[Cluster]:
 async def next_event(ws: Any, kind: str, timeout: float = 15.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        event = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
-        if event.get("type") == kind:
-            return event
+        frame = json.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+        for event in frame if isinstance(frame, list) else [frame]:
+            if event.get("type") == kind:
+                return event
 
 
 def test_an_event_made_in_one_process_reaches_a_socket_held_by_another(cluster):

@@ -20,13 +20,18 @@ RAW_SEND = "madoguchi.raw_send"
 # queue is dropped and the client told to re-fetch, as after a reconnection.
 OUTBOX_MAX = 1000
 RESYNC = json.dumps({"type": "resync"})
+# Events that wait together for a socket leave in one frame, a JSON array (at most this many):
+# under load a burst costs one frame per socket instead of one per event, and a quiet socket
+# still gets each event alone, at once.
+FRAME_EVENTS_MAX = 100
 
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):
     """Pushes the events that actions addressed to this user (recipients are computed by
     permission when the event is published; see realtime.publish for the delivery). Sends
     ``{"type": "hello"}`` first; the browser then re-fetches state, since events missed during a
-    disconnect are not replayed. ``{"type": "resync"}`` later means the same."""
+    disconnect are not replayed. ``{"type": "resync"}`` later means the same. A frame holds one
+    event (an object) or, when several were waiting, a JSON array of events in order."""
 
     # Events do not travel through a channel layer (see realtime.publish): no layer, so a
     # socket opens even while Redis is away.
@@ -80,7 +85,13 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def drain(self) -> None:
         try:
             while self.outbox:
-                await self.raw_send({"type": "websocket.send", "text": self.outbox.popleft()})
+                outbox = self.outbox
+                if len(outbox) == 1:
+                    text = outbox.popleft()
+                else:
+                    count = min(len(outbox), FRAME_EVENTS_MAX)
+                    text = "[" + ",".join([outbox.popleft() for _ in range(count)]) + "]"
+                await self.raw_send({"type": "websocket.send", "text": text})
         except Exception:  # the socket went away: disconnect() unregisters it
             self.outbox.clear()
         finally:

@@ -17,15 +17,20 @@ export function connect({ onEvent, onResync, onState }) {
       pingTimer = setInterval(() => socket.readyState === 1 && socket.send('{"type":"ping"}'), 25000);
     });
     socket.addEventListener("message", (msg) => {
-      let event;
-      try { event = JSON.parse(msg.data); } catch { return; }
-      if (event.type === "hello") {
-        if (connectedBefore) onResync();
-        connectedBefore = true;
-        return;
+      let frame;
+      try { frame = JSON.parse(msg.data); } catch { return; }
+      // One event, or several that waited together for this socket, in order.
+      for (const event of Array.isArray(frame) ? frame : [frame]) {
+        if (!event || typeof event !== "object") continue;
+        if (event.type === "hello") {
+          if (connectedBefore) onResync();
+          connectedBefore = true;
+        } else if (event.type === "resync") {
+          onResync();  // the server may have missed events
+        } else if (event.type !== "pong") {
+          onEvent(event);
+        }
       }
-      if (event.type === "resync") { onResync(); return; }  // the server may have missed events
-      if (event.type !== "pong") onEvent(event);
     });
     socket.addEventListener("close", () => {
       onState(false);
