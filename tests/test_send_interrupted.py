@@ -71,3 +71,19 @@ def test_it_does_not_mark_a_send_that_was_not_interrupted(sim, worker, users, co
     assert "maybe_sent_twice" not in message.data
     assert len(sim.sent_to(CUSTOMER)) == 1
     assert not Job.objects.filter(kind="send_message").exists()
+
+
+def test_it_marks_a_message_resent_after_a_timeout(sim, worker, users, conversation, settings):
+    """Whether the platform accepted a request whose answer timed out cannot be known (this
+    simulator drops it, as the client hung up before it read the body; the platform may not):
+    the retry is marked either way."""
+    from madoguchi.actions.outbound import check_send_text
+    from tests.helpers import PHONE_NUMBER_ID
+
+    settings.HTTP_TIMEOUT_SECONDS = 0.3
+    sim.simulator.inject_faults(PHONE_NUMBER_ID, [("timeout", 1.0)])
+    message = check_send_text(users["aiko"], conversation, "slow")
+    run_worker_until(worker, lambda: Message.objects.get(pk=message.pk).status != "queued")
+    message.refresh_from_db()
+    assert message.data.get("maybe_sent_twice") is True
+    assert 1 <= len(sim.sent_to(CUSTOMER)) <= 2

@@ -18,6 +18,7 @@ from madoguchi.actions.media import do_record_media
 from madoguchi.media_links import public_media_url
 from madoguchi.models import Channel, ContactIdentity, Job, Message, Throttle
 from madoguchi.providers.base import MediaRef, MediaTooLarge, PlatformError, SendError
+from madoguchi.providers.payloads import timeout_error
 from madoguchi.providers.registry import provider_for
 from madoguchi.queries.threads import send_context
 from madoguchi.rules.window import window_for
@@ -59,8 +60,10 @@ MAX_PACING_SLEEP = 1.0
 # Written on a send job in the transaction that reserves its slot, just before the platform is
 # called; success deletes the job and every other outcome overwrites it. A job that comes back
 # still carrying it was interrupted (its worker killed) while the platform may have accepted the
-# send: WhatsApp has no idempotency key, so it is sent again, and the message is marked.
+# send (or its answer timed out): WhatsApp has no idempotency key, so it is sent again, and the
+# message is marked.
 SENDING = "sending: the platform may have accepted this attempt"
+TIMEOUT = timeout_error().error  # a call whose answer never came: the same uncertainty
 
 
 def reserve_send_slot(channel: Channel, job: Job | None = None) -> float:
@@ -163,7 +166,10 @@ def send_message(job: Job, message_id: int) -> None:
             delay = retry_delay(job.attempts)
         if exc.scope == "number":
             hold_number(channel, delay)
-        raise Reschedule(delay, f"{exc.error.code} {exc.error.title}") from None
+        reason = f"{exc.error.code} {exc.error.title}"
+        if (exc.error.code, exc.error.title) == (TIMEOUT.code, TIMEOUT.title):
+            reason = SENDING  # the answer was lost, not the request: the retry is marked
+        raise Reschedule(delay, reason) from None
     outbound.do_record_sent(message.pk, sent, maybe_twice=interrupted)
 
 
