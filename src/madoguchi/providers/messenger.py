@@ -38,12 +38,10 @@ arbitrary host.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 from django.conf import settings
 from django.utils.translation import gettext as _
 
@@ -55,7 +53,6 @@ from .base import (
     ContactProfile,
     InboundEvent,
     MediaRef,
-    MediaTooLarge,
     PlatformError,
     Provider,
     SendContext,
@@ -63,7 +60,13 @@ from .base import (
     SentMessage,
     StoredMedia,
 )
-from .http import client
+from .http import (
+    client,
+    refuse_declared_size,
+    save_media,
+    served_mime_type,
+    transport_errors,
+)
 from .meta import MetaWebhooks, graph_call
 
 DEFAULT_API_BASE = "https://graph.facebook.com"
@@ -158,40 +161,18 @@ class MessengerProvider(MetaWebhooks, Provider):
         )
         self.check_media_host(url)
         limit = MEDIA_LIMIT
-        target = Path(settings.MEDIA_ROOT) / destination
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".part")
-        size = 0
-        mime = media.mime_type or "application/octet-stream"
-        try:
-            # No credentials: the URL is pre-signed, and the token must not leave the Graph API.
-            with client().stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise SendError(
-                        PlatformError(code=-2, title=f"Media download HTTP {response.status_code}"),
-                        # A CDN link expires: 403/404/410 will not get better.
-                        permanent=response.status_code in (401, 403, 404, 410),
-                        http_status=response.status_code,
-                    )
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > limit:
-                    raise MediaTooLarge(f"{declared} bytes > {limit}")
-                content_type = response.headers.get("content-type", "").split(";")[0].strip()
-                if content_type and content_type != "application/octet-stream":
-                    mime = content_type
-                with partial.open("wb") as handle:
-                    for chunk in response.iter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise MediaTooLarge(f"more than {limit} bytes")
-                        handle.write(chunk)
-            os.replace(partial, target)
-        except httpx.TimeoutException:
-            raise wire.timeout_error() from None
-        except httpx.HTTPError as exc:
-            raise wire.network_error(type(exc).__name__) from None
-        finally:
-            partial.unlink(missing_ok=True)
+        # No credentials: the URL is pre-signed, and the token must not leave the Graph API.
+        with transport_errors(), client().stream("GET", url) as response:
+            if response.status_code != 200:
+                raise SendError(
+                    PlatformError(code=-2, title=f"Media download HTTP {response.status_code}"),
+                    # A CDN link expires: 403/404/410 will not get better.
+                    permanent=response.status_code in (401, 403, 404, 410),
+                    http_status=response.status_code,
+                )
+            refuse_declared_size(response, limit)
+            mime = served_mime_type(response, media.mime_type or "application/octet-stream")
+            size = save_media(response, destination, limit)
         return StoredMedia(path=destination, mime_type=mime, size=size)
 
     def check_media_host(self, url: str) -> None:

@@ -47,12 +47,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
-import httpx
 from django.conf import settings
 from django.utils.translation import gettext as _
 
@@ -63,7 +61,6 @@ from .base import (
     Capabilities,
     InboundEvent,
     MediaRef,
-    MediaTooLarge,
     PlatformError,
     Provider,
     SendContext,
@@ -71,7 +68,13 @@ from .base import (
     SentMessage,
     StoredMedia,
 )
-from .http import client, transport_errors
+from .http import (
+    client,
+    refuse_declared_size,
+    save_media,
+    served_mime_type,
+    transport_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +185,7 @@ class ViberProvider(Provider):
                 permanent=True,
             )
         limit = _limit(FETCH_LIMITS, kind, media.mime_type)
-        target = Path(settings.MEDIA_ROOT) / destination
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".part")
-        size = 0
-        mime = media.mime_type or "application/octet-stream"
-        try:
+        with transport_errors():
             for _hop in range(MAX_MEDIA_REDIRECTS + 1):
                 self.check_media_host(url)
                 with client().stream("GET", url) as response:
@@ -204,30 +202,14 @@ class ViberProvider(Provider):
                             and response.status_code not in (408, 429),
                             http_status=response.status_code,
                         )
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > limit:
-                        raise MediaTooLarge(f"{declared} bytes > {limit}")
-                    served = response.headers.get("content-type", "").split(";")[0].strip()
-                    if served and served != "application/octet-stream":
-                        mime = served
-                    with partial.open("wb") as handle:
-                        for chunk in response.iter_bytes():
-                            size += len(chunk)
-                            if size > limit:
-                                raise MediaTooLarge(f"more than {limit} bytes")
-                            handle.write(chunk)
-                    os.replace(partial, target)
+                    refuse_declared_size(response, limit)
+                    mime = served_mime_type(response, media.mime_type or "application/octet-stream")
+                    size = save_media(response, destination, limit)
                     return StoredMedia(path=destination, mime_type=mime, size=size)
-            raise SendError(
-                PlatformError(code=MEDIA_DOWNLOAD_FAILED, title="Too many media redirects"),
-                permanent=True,
-            )
-        except httpx.TimeoutException:
-            raise wire.timeout_error() from None
-        except httpx.HTTPError as exc:
-            raise wire.network_error(type(exc).__name__) from None
-        finally:
-            partial.unlink(missing_ok=True)
+        raise SendError(
+            PlatformError(code=MEDIA_DOWNLOAD_FAILED, title="Too many media redirects"),
+            permanent=True,
+        )
 
     def check_media_host(self, url: str) -> None:
         """Raise a permanent SendError unless ``url`` is on a host media may come from."""

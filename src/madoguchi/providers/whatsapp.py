@@ -9,17 +9,15 @@ Implements, after ``shared/platforms/PROTOCOLS.md`` §A and Meta's OpenAPI file 
 - errors classified as permanent or transient with their scope (A8, A12);
 - templates listed from ``/{waba-id}/message_templates`` following every page (A10);
 - inbound media fetched through ``/{media-id}`` with the bearer token, only from the configured
-  API host, within the platform's size limits (A11).
+  API host, within the platform's size limits (A11), written by ``http.save_media``.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from django.conf import settings
 from django.utils.translation import gettext as _
 
@@ -38,7 +36,7 @@ from .base import (
     SentMessage,
     StoredMedia,
 )
-from .http import client
+from .http import client, save_media, transport_errors
 from .meta import MetaWebhooks, graph_call
 
 DEFAULT_API_BASE = "https://graph.facebook.com"
@@ -106,31 +104,17 @@ class WhatsAppProvider(MetaWebhooks, Provider):
         declared = int(info["file_size"]) if str(info.get("file_size", "")).isdigit() else 0
         if declared > limit:
             raise MediaTooLarge(f"{declared} bytes > {limit}")
-        target = Path(settings.MEDIA_ROOT) / destination
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".part")
-        size = 0
-        try:
-            with client().stream("GET", url, headers=self.auth_headers()) as response:
-                if response.status_code != 200:
-                    raise SendError(
-                        PlatformError(code=-2, title=f"Media download HTTP {response.status_code}"),
-                        permanent=response.status_code in (401, 403),
-                        http_status=response.status_code,
-                    )
-                with partial.open("wb") as handle:
-                    for chunk in response.iter_bytes():
-                        size += len(chunk)
-                        if size > limit:
-                            raise MediaTooLarge(f"more than {limit} bytes")
-                        handle.write(chunk)
-            os.replace(partial, target)
-        except httpx.TimeoutException:
-            raise wire.timeout_error() from None
-        except httpx.HTTPError as exc:
-            raise wire.network_error(type(exc).__name__) from None
-        finally:
-            partial.unlink(missing_ok=True)
+        with (
+            transport_errors(),
+            client().stream("GET", url, headers=self.auth_headers()) as response,
+        ):
+            if response.status_code != 200:
+                raise SendError(
+                    PlatformError(code=-2, title=f"Media download HTTP {response.status_code}"),
+                    permanent=response.status_code in (401, 403),
+                    http_status=response.status_code,
+                )
+            size = save_media(response, destination, limit)
         return StoredMedia(path=destination, mime_type=mime, size=size)
 
     def check_media_host(self, url: str) -> None:
