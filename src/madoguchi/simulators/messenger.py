@@ -80,19 +80,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .whatsapp import (
+from .common import (
     PERSONAS,
-    RunningServer,
+    HubSignedWebhooks,
+    Poster,
+    RequestRecorder,
+    Scheduler,
+    TokenBucket,
     WebhookAttempt,
-    _bind,
-    _Bucket,
-    _Poster,
-    _RequestRecorder,
-    _Scheduler,
-    _tiny_pdf,
+    bind_socket,
     encode_payload,
-    serve_asgi_in_thread,
     sign_payload,
+    tiny_pdf,
     tiny_png,
 )
 
@@ -282,13 +281,13 @@ class _Page:
     app_name: str
     webhook_url: str | None
     human_agent: bool
-    bucket: _Bucket
+    bucket: TokenBucket
     users: dict[str, _User] = field(default_factory=dict)
     faults: deque[tuple[Any, ...]] = field(default_factory=deque)
     profile_faults: deque[tuple[Any, ...]] = field(default_factory=deque)
 
 
-class MessengerSimulator:
+class MessengerSimulator(HubSignedWebhooks):
     """In-memory Messenger Platform with a Starlette app (:attr:`app`) and a Python control API.
 
     Thread-safe: state is guarded by one lock never held during network I/O. Webhooks caused by
@@ -355,32 +354,9 @@ class MessengerSimulator:
         self.requests: list[Any] = []
         self.webhook_log: list[WebhookAttempt] = []
         self._closed = False
-        self._poster = _Poster(webhook_timeout)
-        self._scheduler: _Scheduler | None = None
+        self._poster = Poster(webhook_timeout)
+        self._scheduler: Scheduler | None = None
         self.app = self._build_app()
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
-        """Serve :attr:`app` with uvicorn in a background thread; returns once it accepts."""
-        running = serve_asgi_in_thread(self.app, host=host, port=port)
-        self.base_url = running.url
-        return running
-
-    def close(self) -> None:
-        """Stop the webhook threads (queued deliveries are dropped)."""
-        with self._lock:
-            self._closed = True
-            scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.close()
-        self._poster.close()
-
-    def __enter__(self) -> MessengerSimulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -412,7 +388,7 @@ class MessengerSimulator:
                 app_name=app_name,
                 webhook_url=webhook_url,
                 human_agent=human_agent,
-                bucket=_Bucket(burst if burst is not None else mps, mps, time.monotonic()),
+                bucket=TokenBucket(burst if burst is not None else mps, mps, time.monotonic()),
                 users=old.users if old else {},
             )
 
@@ -617,24 +593,6 @@ class MessengerSimulator:
     def _attachment_url(self, token: str) -> str:
         return f"{self.base_url}/_media/{token}"
 
-    def _trim(self, items: list[Any]) -> int:
-        if len(items) > self.log_limit * 1.25:
-            drop = len(items) - self.log_limit
-            del items[:drop]
-            return drop
-        return 0
-
-    def _record_request(self, method: str, path: str, status: int) -> None:
-        with self._lock:
-            self.requests.append((method, path, status))
-            self._stats["requests"] += 1
-            self._trim(self.requests)
-
-    def _count_error(self, code: int) -> None:
-        with self._lock:
-            by_code = self._stats["errors_by_code"]
-            by_code[str(code)] = by_code.get(str(code), 0) + 1
-
     @staticmethod
     def _event(sender: str, recipient: str, when: float, **body: Any) -> dict[str, Any]:
         return {
@@ -677,75 +635,11 @@ class MessengerSimulator:
 
     # -- internals: webhook delivery --------------------------------------------------------
 
-    def _sched(self) -> _Scheduler | None:
-        with self._lock:
-            if self._closed:
-                return None
-            if self._scheduler is None:
-                self._scheduler = _Scheduler(self._delivery_workers)
-            return self._scheduler
-
-    def _post_once(self, url: str | None, secret: str, body: bytes) -> WebhookAttempt:
-        import http.client
-
-        if not url:
-            attempt = WebhookAttempt("", "skipped: no webhook_url", body)
-        else:
-            headers = {
-                "Content-Type": "application/json",
-                "X-Hub-Signature-256": sign_payload(body, secret),
-                "User-Agent": "facebookexternalua",
-            }
-            try:
-                attempt = WebhookAttempt(url, self._poster.post(url, body, headers), body)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                attempt = WebhookAttempt(url, f"{type(exc).__name__}: {exc}", body)
-        with self._lock:
-            self.webhook_log.append(attempt)
-            self._trim(self.webhook_log)
-            self._stats["webhook_attempts"] += 1
-            if attempt.status == 200:
-                self._stats["webhooks_ok"] += 1
-        return attempt
-
-    @staticmethod
-    def _final(attempt: WebhookAttempt) -> bool:
-        return attempt.status == 200 or not attempt.url
-
-    def _deliver_sync(self, url: str | None, secret: str, body: bytes) -> WebhookAttempt:
-        attempt = self._post_once(url, secret, body)
-        for delay in self.retry_delays:
-            if self._final(attempt):
-                break
-            time.sleep(delay)
-            attempt = self._post_once(url, secret, body)
-        if not self._final(attempt):
-            with self._lock:
-                self._stats["webhooks_failed"] += 1
-        return attempt
-
     def _deliver_page_sync(self, page_id: str, events: list[dict[str, Any]]) -> WebhookAttempt:
         with self._lock:
             page = self._page(page_id)
             url, secret = page.webhook_url, page.app_secret
         return self._deliver_sync(url, secret, self._envelope(page.page_id, events))
-
-    def _deliver_async(
-        self, url: str | None, secret: str, body: bytes, then: Callable[[], None], tries: int = 0
-    ) -> None:
-        attempt = self._post_once(url, secret, body)
-        if self._final(attempt) or tries >= len(self.retry_delays):
-            if not self._final(attempt):
-                with self._lock:
-                    self._stats["webhooks_failed"] += 1
-            then()
-            return
-        scheduler = self._sched()
-        if scheduler is not None:
-            scheduler.call_later(
-                self.retry_delays[tries],
-                lambda: self._deliver_async(url, secret, body, then, tries + 1),
-            )
 
     def _run_chain(
         self, page_id: str, steps: list[tuple[float, Callable[[], dict[str, Any]]]]
@@ -787,7 +681,7 @@ class MessengerSimulator:
         ]
         return Starlette(
             routes=routes,
-            middleware=[Middleware(_RequestRecorder, sim=self)],
+            middleware=[Middleware(RequestRecorder, record=self._record_request)],
             exception_handlers={GraphError: self._graph_error_response},
         )
 
@@ -1488,7 +1382,7 @@ class MessengerChatter:
             return self._send(c, {"attachments": [{"type": "image", "payload": {"url": url}}]})
         if roll < 0.11:
             url = self.sim.customer_uploads(
-                _tiny_pdf("Receipt 48213"), "application/pdf", "receipt-48213.pdf"
+                tiny_pdf("Receipt 48213"), "application/pdf", "receipt-48213.pdf"
             )
             return self._send(c, {"attachments": [{"type": "file", "payload": {"url": url}}]})
         if roll < 0.15:
@@ -1543,7 +1437,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sim = MessengerSimulator()
     for kwargs in pages:
         sim.add_page(**kwargs)
-    sock = _bind(args.host, args.port)
+    sock = bind_socket(args.host, args.port)
     sim.base_url = f"http://{args.host}:{sock.getsockname()[1]}"
     stop = threading.Event()
     if args.chatter > 0:

@@ -67,14 +67,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from madoguchi.simulators.whatsapp import (
+from .common import (
     PERSONAS,
+    RequestRecorder,
     RunningServer,
-    _bind,
-    _RequestRecorder,
-    _Scheduler,
-    _tiny_pdf,
-    serve_asgi_in_thread,
+    Scheduler,
+    SimulatorCore,
+    bind_socket,
+    tiny_pdf,
     tiny_png,
 )
 
@@ -227,7 +227,7 @@ class _Media:
 # The simulator
 
 
-class ViberSimulator:
+class ViberSimulator(SimulatorCore):
     """In-memory Viber REST Bot API with a Starlette app (:attr:`app`) and a Python control API.
 
     Thread-safe: state is guarded by one lock never held during network I/O. Callbacks caused by
@@ -246,6 +246,8 @@ class ViberSimulator:
         require_https: refuse ``http://`` webhook URLs as Viber does (off: tests use loopback).
         clock: wall clock for callback timestamps and the cap (tests may fake it).
     """
+
+    _errors_key = "errors_by_status"  # Viber answers with a status, not an error code
 
     def __init__(
         self,
@@ -299,31 +301,8 @@ class ViberSimulator:
         self.webhook_log: list[WebhookAttempt] = []
         self._http = httpx.Client(timeout=webhook_timeout, follow_redirects=False)
         self._closed = False
-        self._scheduler: _Scheduler | None = None
+        self._scheduler: Scheduler | None = None
         self.app = self._build_app()
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
-        """Serve :attr:`app` with uvicorn in a background thread; returns once it accepts."""
-        running = serve_asgi_in_thread(self.app, host=host, port=port)
-        self.base_url = running.url
-        return running
-
-    def close(self) -> None:
-        """Stop the callback threads (queued deliveries are dropped) and the HTTP client."""
-        with self._lock:
-            self._closed = True
-            scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.close()
-        self._http.close()
-
-    def __enter__(self) -> ViberSimulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -425,7 +404,7 @@ class ViberSimulator:
             if silent:
                 payload["silent"] = True
             self._stats["user_messages"] += 1
-        self._deliver_sync(account, encode_payload(payload))
+        self._callback_sync(account, encode_payload(payload))
         return token
 
     def user_uploads(self, data: bytes, mime_type: str, filename: str = "file") -> str:
@@ -447,7 +426,7 @@ class ViberSimulator:
                 "user": self._user_object(account, user),
                 "message_token": next(self._tokens),
             }
-        return self._deliver_sync(account, encode_payload(payload))
+        return self._callback_sync(account, encode_payload(payload))
 
     def unsubscribe(self, auth_token: str, user_id: str) -> WebhookAttempt:
         """The user unsubscribes: an ``unsubscribed`` callback; later sends answer 6."""
@@ -461,7 +440,7 @@ class ViberSimulator:
                 "user_id": user.id,
                 "message_token": next(self._tokens),
             }
-        return self._deliver_sync(account, encode_payload(payload))
+        return self._callback_sync(account, encode_payload(payload))
 
     def open_conversation(
         self, auth_token: str, user_id: str, *, context: str = ""
@@ -485,7 +464,7 @@ class ViberSimulator:
             }
             if context:
                 payload["context"] = context
-        attempt = self._deliver_sync(account, encode_payload(payload))
+        attempt = self._callback_sync(account, encode_payload(payload))
         if attempt.status != 200 or not attempt.response.strip():
             return ConversationStart(attempt, None)
         try:
@@ -510,7 +489,7 @@ class ViberSimulator:
         with self._lock:
             account = self._account(auth_token)
         body = payload if isinstance(payload, bytes) else encode_payload(payload)
-        return self._deliver_sync(account, body)
+        return self._callback_sync(account, body)
 
     def emit_receipt(
         self, auth_token: str, message_token: int, event: str, *, desc: str = ""
@@ -524,7 +503,7 @@ class ViberSimulator:
             if owner != auth_token:
                 raise KeyError(message_token)
             body = encode_payload(self._receipt(int(message_token), user_id, event, desc))
-        return self._deliver_sync(account, body)
+        return self._callback_sync(account, body)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -591,89 +570,41 @@ class ViberSimulator:
             payload["desc"] = desc or "failure description"
         return payload
 
-    def _trim(self, items: list[Any]) -> None:
-        if len(items) > self.log_limit * 1.25:
-            del items[: len(items) - self.log_limit]
-
-    def _count_error(self, status: int) -> None:
-        with self._lock:
-            by_status = self._stats["errors_by_status"]
-            by_status[str(status)] = by_status.get(str(status), 0) + 1
-
-    def _record_request(self, method: str, path: str, status: int) -> None:
-        with self._lock:
-            self.requests.append((method, path, status))
-            self._stats["requests"] += 1
-            self._trim(self.requests)
-
     # -- internals: callbacks ---------------------------------------------------------------
 
-    def _post_once(self, url: str, auth_token: str, body: bytes) -> WebhookAttempt:
+    def _attempt(self, url: str | None, auth_token: str, body: bytes) -> WebhookAttempt:
         if not url:
-            attempt = WebhookAttempt("", "skipped: no webhook", body)
-        else:
-            headers = {
-                "Content-Type": "application/json",
-                "X-Viber-Content-Signature": sign_payload(body, auth_token),
-            }
-            try:
-                response = self._http.post(url, content=body, headers=headers)
-                attempt = WebhookAttempt(url, response.status_code, body, response.content)
-            except (httpx.HTTPError, ValueError) as exc:
-                attempt = WebhookAttempt(url, f"{type(exc).__name__}: {exc}", body)
-        with self._lock:
-            self.webhook_log.append(attempt)
-            self._trim(self.webhook_log)
-            self._stats["webhook_attempts"] += 1
-            if attempt.status == 200:
-                self._stats["webhooks_ok"] += 1
-        return attempt
+            return WebhookAttempt("", "skipped: no webhook", body)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Viber-Content-Signature": sign_payload(body, auth_token),
+        }
+        try:
+            response = self._http.post(url, content=body, headers=headers)
+            return WebhookAttempt(url, response.status_code, body, response.content)
+        except (httpx.HTTPError, ValueError) as exc:
+            return WebhookAttempt(url, f"{type(exc).__name__}: {exc}", body)
 
-    @staticmethod
-    def _final(attempt: WebhookAttempt) -> bool:
-        return attempt.status == 200 or not attempt.url
+    def _close_transport(self) -> None:
+        self._http.close()
 
-    def _deliver_sync(self, account: _Account, body: bytes) -> WebhookAttempt:
-        url, token = account.webhook_url, account.auth_token
-        attempt = self._post_once(url, token, body)
-        for delay in self.retry_delays:
-            if self._final(attempt):
-                break
-            time.sleep(delay)
-            attempt = self._post_once(url, token, body)
-        if not self._final(attempt):
-            with self._lock:
-                self._stats["webhooks_failed"] += 1
-        return attempt
+    def _callback_sync(self, account: _Account, body: bytes) -> WebhookAttempt:
+        """Deliver in the caller's thread to the account's webhook, retries included."""
+        return self._deliver_sync(account.webhook_url, account.auth_token, body)
 
-    def _sched(self) -> _Scheduler | None:
-        with self._lock:
-            if self._closed:
-                return None
-            if self._scheduler is None:
-                self._scheduler = _Scheduler(self._delivery_workers)
-            return self._scheduler
-
-    def _deliver_async(
-        self, auth_token: str, body: bytes, then: Callable[[], None] | None, tries: int = 0
+    def _callback_async(
+        self, auth_token: str, body: bytes, then: Callable[[], None] | None
     ) -> None:
-        with self._lock:
-            account = self._accounts.get(auth_token)
-            url = account.webhook_url if account else ""
-        attempt = self._post_once(url, auth_token, body)
-        if self._final(attempt) or tries >= len(self.retry_delays):
-            if not self._final(attempt):
-                with self._lock:
-                    self._stats["webhooks_failed"] += 1
-            if then is not None:
-                then()
-            return
-        scheduler = self._sched()
-        if scheduler is not None:
-            scheduler.call_later(
-                self.retry_delays[tries],
-                lambda: self._deliver_async(auth_token, body, then, tries + 1),
-            )
+        """Deliver from the pool, retries included, to the webhook the account has at each
+        attempt (it may change between retries); ``then`` once done or given up."""
+
+        def post() -> WebhookAttempt:
+            with self._lock:
+                account = self._accounts.get(auth_token)
+                url = account.webhook_url if account else ""
+            return self._post_once(url, auth_token, body)
+
+        self._retry_async(post, then)
 
     def _run_receipts(
         self, auth_token: str, token: int, steps: list[tuple[float, str, str]]
@@ -689,7 +620,7 @@ class ViberSimulator:
                 if owner is None:
                     return
                 body = encode_payload(self._receipt(token, owner[1], event, desc))
-            self._deliver_async(
+            self._callback_async(
                 auth_token, body, lambda: self._run_receipts(auth_token, token, steps[1:])
             )
 
@@ -715,7 +646,7 @@ class ViberSimulator:
         ]
         return Starlette(
             routes=routes,
-            middleware=[Middleware(_RequestRecorder, sim=self)],
+            middleware=[Middleware(RequestRecorder, record=self._record_request)],
             exception_handlers={ViberError: self._error_response},
         )
 
@@ -1205,7 +1136,7 @@ class ViberChatter:
             return self._send(user, {"type": "picture", "text": p.caption, "media": url,
                                      "thumbnail": url, "size": 120})  # fmt: skip
         if roll < 0.12:
-            data = _tiny_pdf("Receipt 48213")
+            data = tiny_pdf("Receipt 48213")
             url = self.sim.user_uploads(data, "application/pdf", "receipt-48213.pdf")
             return self._send(user, {"type": "file", "media": url, "size": len(data),
                                      "file_name": "receipt-48213.pdf"})  # fmt: skip
@@ -1273,7 +1204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for bot in bots:
         sim.add_account(**bot)
     tokens = [str(bot["auth_token"]) for bot in bots]
-    sock = _bind(args.host, args.port)
+    sock = bind_socket(args.host, args.port)
     port = sock.getsockname()[1]
     sim.base_url = f"http://{args.host}:{port}"
     stop = threading.Event()

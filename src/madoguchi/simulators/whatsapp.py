@@ -48,7 +48,6 @@ import base64
 import contextlib
 import copy
 import hashlib
-import heapq
 import hmac
 import http.client
 import itertools
@@ -58,15 +57,12 @@ import os
 import random
 import re
 import secrets
-import socket
 import struct
 import threading
 import time
 import urllib.parse
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -79,7 +75,30 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .common import (
+    PERSONAS,
+    HubSignedWebhooks,
+    Persona,
+    Poster,
+    RequestRecord,
+    RequestRecorder,
+    RunningServer,
+    Scheduler,
+    TokenBucket,
+    WebhookAttempt,
+    bind_socket,
+    encode_payload,
+    serve_asgi_in_thread,
+    sign_payload,
+    tiny_pdf,
+    tiny_png,
+)
+
+# The names other modules knew this module's helpers by before they moved to ``common``.
+_bind = bind_socket
+_Persona = Persona
+_tiny_pdf = tiny_pdf
 
 __all__ = [
     "CustomerChatter",
@@ -288,21 +307,6 @@ _TEMPLATE_CATEGORIES = frozenset({"MARKETING", "UTILITY", "AUTHENTICATION"})
 
 # ---------------------------------------------------------------------------------------------
 # Wire helpers
-
-
-def encode_payload(obj: Any) -> bytes:
-    """Serialize a webhook payload exactly as Meta does (A3).
-
-    Returns compact JSON with non-ASCII characters escaped (``\\uXXXX``, surrogate pairs for
-    emoji); these exact bytes are what :func:`sign_payload` signs.
-    """
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode()
-
-
-def sign_payload(body: bytes, app_secret: str) -> str:
-    """Return the ``X-Hub-Signature-256`` header value for ``body``: ``sha256=<lowercase hex>``."""
-    digest = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
 
 
 def _wamid(wa_id: str, *, inbound: bool) -> str:
@@ -752,44 +756,8 @@ class SentMessage(NamedTuple):
     time: float
 
 
-class RequestRecord(NamedTuple):
-    """One HTTP request the simulator answered."""
-
-    method: str
-    path: str
-    status: int
-
-
-class WebhookAttempt(NamedTuple):
-    """One webhook POST attempt: ``status`` is the HTTP status, or an error description."""
-
-    url: str
-    status: int | str
-    body: bytes
-
-
 # ---------------------------------------------------------------------------------------------
 # State
-
-
-class _Bucket:
-    """A token bucket: ``capacity`` tokens, refilled at ``rate`` per second."""
-
-    __slots__ = ("capacity", "rate", "stamp", "tokens")
-
-    def __init__(self, capacity: float, rate: float, now: float) -> None:
-        self.capacity = capacity
-        self.rate = rate
-        self.tokens = capacity
-        self.stamp = now
-
-    def ready(self, now: float) -> bool:
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        return self.tokens >= 1.0
-
-    def take(self) -> None:
-        self.tokens -= 1.0
 
 
 @dataclass
@@ -804,8 +772,8 @@ class _Number:
     pair_interval: float
     pair_burst: int
     verified_name: str
-    mps_bucket: _Bucket
-    pair_buckets: dict[str, _Bucket] = field(default_factory=dict)
+    mps_bucket: TokenBucket
+    pair_buckets: dict[str, TokenBucket] = field(default_factory=dict)
     faults: deque[tuple[Any, ...]] = field(default_factory=deque)
     pending: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
     batching: int = 0
@@ -864,171 +832,11 @@ class _Outbound:
     biz_opaque_callback_data: str | None
 
 
-class _Scheduler:
-    """Runs callables at a given monotonic time on a small thread pool.
-
-    One timer thread hands due jobs to the pool, so waiting between status webhooks never
-    occupies a worker and delivery never runs on the server's event loop.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
-        self._closed = False
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wa-sim-webhook")
-        self._thread = threading.Thread(target=self._run, name="wa-sim-scheduler", daemon=True)
-        self._thread.start()
-
-    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        if delay <= 0:
-            self._submit(fn)
-            return
-        with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), fn))
-            self._cond.notify()
-
-    def _submit(self, fn: Callable[[], None]) -> None:
-        if self._closed:
-            return
-        try:
-            self._pool.submit(self._guard, fn)
-        except RuntimeError:  # pool shut down between the check and the submit
-            pass
-
-    @staticmethod
-    def _guard(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except Exception:
-            log.exception("WhatsApp simulator background job failed")
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
-                if self._closed:
-                    return
-                due = []
-                now = time.monotonic()
-                while self._heap and self._heap[0][0] <= now:
-                    due.append(heapq.heappop(self._heap)[2])
-            for fn in due:
-                self._submit(fn)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._thread.join(timeout=2)
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _Poster:
-    """A minimal keep-alive HTTP/1.1 POST client: one connection per thread and origin.
-
-    Webhook delivery is the simulator's hottest path under benchmark load (three status
-    webhooks per accepted send); ``http.client`` costs about a third of the CPU of a
-    general-purpose client per request, which keeps the simulator from being the bottleneck.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._local = threading.local()
-        self._all: set[http.client.HTTPConnection] = set()
-        self._lock = threading.Lock()
-
-    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """POST ``body``; returns the HTTP status. Raises ``OSError``/``HTTPException``.
-
-        A request on a reused connection that the peer had closed is retried once on a new
-        connection, as browsers and HTTP libraries do; webhooks are at-least-once anyway.
-        """
-        parts = urllib.parse.urlsplit(url)
-        key = (parts.scheme, parts.hostname, parts.port)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conns: dict[tuple[Any, ...], http.client.HTTPConnection] = self._local.__dict__.setdefault(
-            "conns", {}
-        )
-        while True:
-            conn = conns.get(key)
-            reused = conn is not None
-            if conn is None:
-                cls = (
-                    http.client.HTTPSConnection
-                    if parts.scheme == "https"
-                    else http.client.HTTPConnection
-                )
-                conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout)
-                conns[key] = conn
-                with self._lock:
-                    self._all.add(conn)
-            try:
-                conn.request("POST", target, body=body, headers=dict(headers))
-                response = conn.getresponse()
-                response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self._drop(conns, key, conn)
-                if reused:
-                    continue
-                raise
-            except (OSError, http.client.HTTPException):
-                self._drop(conns, key, conn)
-                raise
-            if response.will_close:
-                self._drop(conns, key, conn)
-            return response.status
-
-    def _drop(
-        self,
-        conns: dict[tuple[Any, ...], http.client.HTTPConnection],
-        key: tuple[Any, ...],
-        conn: http.client.HTTPConnection,
-    ) -> None:
-        conns.pop(key, None)
-        conn.close()
-        with self._lock:
-            self._all.discard(conn)
-
-    def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, set()
-        for conn in conns:
-            conn.close()
-
-
-class _RequestRecorder:
-    """ASGI middleware recording (method, path, status) of every HTTP request."""
-
-    def __init__(self, app: ASGIApp, sim: WhatsAppSimulator) -> None:
-        self.app = app
-        self.sim = sim
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 0
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.sim._record_request(scope["method"], scope["path"], status)
-
-
 # ---------------------------------------------------------------------------------------------
 # The simulator
 
 
-class WhatsAppSimulator:
+class WhatsAppSimulator(HubSignedWebhooks):
     """In-memory WhatsApp Cloud API with a Starlette app (:attr:`app`) and a Python control API.
 
     All public methods are thread-safe: state is guarded by one lock that is never held during
@@ -1113,8 +921,8 @@ class WhatsAppSimulator:
         self.reads: list[tuple[str, str, float]] = []  # (phone_number_id, message_id, time)
 
         self._closed = False
-        self._poster = _Poster(webhook_timeout)
-        self._scheduler: _Scheduler | None = None
+        self._poster = Poster(webhook_timeout)
+        self._scheduler: Scheduler | None = None
         self.app = self._build_app()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -1127,21 +935,6 @@ class WhatsAppSimulator:
         """
         threading.Thread(target=_load_validators, name="wa-sim-schema", daemon=True).start()
         return serve_asgi_in_thread(self.app, host=host, port=port)
-
-    def close(self) -> None:
-        """Stop the webhook threads and close the HTTP client (queued deliveries are dropped)."""
-        with self._lock:
-            self._closed = True
-            scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.close()
-        self._poster.close()
-
-    def __enter__(self) -> WhatsAppSimulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -1179,7 +972,7 @@ class WhatsAppSimulator:
                 pair_interval=pair_interval,
                 pair_burst=pair_burst,
                 verified_name=verified_name,
-                mps_bucket=_Bucket(mps, mps, now),
+                mps_bucket=TokenBucket(mps, mps, now),
             )
             self._numbers[number.phone_number_id] = number
             new_waba = number.waba_id not in self._templates
@@ -1561,25 +1354,6 @@ class WhatsAppSimulator:
         self._media[media_id] = _Media(media_id, owner, data, mime_type, digest, filename)
         return media_id
 
-    def _trim(self, items: list[Any]) -> int:
-        # Keeps memory bounded in long benchmarks; trimming in chunks keeps it O(1) amortized.
-        if len(items) > self.log_limit * 1.25:
-            drop = len(items) - self.log_limit
-            del items[:drop]
-            return drop
-        return 0
-
-    def _record_request(self, method: str, path: str, status: int) -> None:
-        with self._lock:
-            self.requests.append(RequestRecord(method, path, status))
-            self._stats["requests"] += 1
-            self._trim(self.requests)
-
-    def _count_error(self, code: int) -> None:
-        with self._lock:
-            by_code = self._stats["errors_by_code"]
-            by_code[str(code)] = by_code.get(str(code), 0) + 1
-
     def _envelope(self, number: _Number, values: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "object": "whatsapp_business_account",
@@ -1632,77 +1406,6 @@ class WhatsAppSimulator:
         return item
 
     # -- internals: webhook delivery --------------------------------------------------------
-
-    def _sched(self) -> _Scheduler | None:
-        """The background scheduler, started on first use; ``None`` once closed."""
-        with self._lock:
-            if self._closed:
-                return None
-            if self._scheduler is None:
-                self._scheduler = _Scheduler(self._delivery_workers)
-            return self._scheduler
-
-    def _post_once(self, url: str | None, secret: str, body: bytes) -> WebhookAttempt:
-        if not url:
-            attempt = WebhookAttempt("", "skipped: no webhook_url", body)
-        else:
-            headers = {
-                "Content-Type": "application/json",
-                "X-Hub-Signature-256": sign_payload(body, secret),
-                "User-Agent": "facebookexternalua",
-            }
-            try:
-                attempt = WebhookAttempt(url, self._poster.post(url, body, headers), body)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                attempt = WebhookAttempt(url, f"{type(exc).__name__}: {exc}", body)
-        with self._lock:
-            self.webhook_log.append(attempt)
-            self._trim(self.webhook_log)
-            self._stats["webhook_attempts"] += 1
-            if attempt.status == 200:
-                self._stats["webhooks_ok"] += 1
-        return attempt
-
-    @staticmethod
-    def _final(attempt: WebhookAttempt) -> bool:
-        # A3: anything but HTTP 200 is redelivered; a missing URL is not worth retrying.
-        return attempt.status == 200 or not attempt.url
-
-    def _deliver_sync(self, url: str | None, secret: str, body: bytes) -> WebhookAttempt:
-        attempt = self._post_once(url, secret, body)
-        for delay in self.retry_delays:
-            if self._final(attempt):
-                break
-            time.sleep(delay)
-            attempt = self._post_once(url, secret, body)
-        if not self._final(attempt):
-            with self._lock:
-                self._stats["webhooks_failed"] += 1
-        return attempt
-
-    def _deliver_async(
-        self,
-        url: str | None,
-        secret: str,
-        body: bytes,
-        then: Callable[[], None] | None = None,
-        tries: int = 0,
-    ) -> None:
-        """Post from the pool; retry per ``retry_delays``; call ``then`` once done or given up."""
-        attempt = self._post_once(url, secret, body)
-        if self._final(attempt) or tries >= len(self.retry_delays):
-            if not self._final(attempt):
-                with self._lock:
-                    self._stats["webhooks_failed"] += 1
-            if then is not None:
-                then()
-            return
-        scheduler = self._sched()
-        if scheduler is not None:  # None once closed: the retry is dropped
-            scheduler.call_later(
-                self.retry_delays[tries],
-                lambda: self._deliver_async(url, secret, body, then, tries + 1),
-            )
 
     def _run_status_chain(
         self, phone_number_id: str, wamid: str, steps: list[tuple[float, str, GraphError | None]]
@@ -1763,7 +1466,7 @@ class WhatsAppSimulator:
         ]
         return Starlette(
             routes=routes,
-            middleware=[Middleware(_RequestRecorder, sim=self)],
+            middleware=[Middleware(RequestRecorder, record=self._record_request)],
             exception_handlers={GraphError: self._graph_error_response},
         )
 
@@ -1905,7 +1608,7 @@ class WhatsAppSimulator:
                 raise GraphError(130429)
             pair = number.pair_buckets.get(wa_id)
             if pair is None:
-                pair = number.pair_buckets[wa_id] = _Bucket(
+                pair = number.pair_buckets[wa_id] = TokenBucket(
                     number.pair_burst, 1.0 / number.pair_interval, now
                 )
             if not pair.ready(now):
@@ -2663,94 +2366,7 @@ SEED_TEMPLATES: list[dict[str, Any]] = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Serving
-
-
-@dataclass
-class RunningServer:
-    """A uvicorn server running in a background thread (see :func:`serve_asgi_in_thread`)."""
-
-    server: uvicorn.Server
-    thread: threading.Thread
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
-        return f"http://{self.host}:{self.port}"
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Ask uvicorn to exit and wait for the thread (in-flight requests get ~1 s)."""
-        self.server.should_exit = True
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(timeout)
-
-    def __enter__(self) -> RunningServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
-
-
-def serve_asgi_in_thread(
-    app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 10.0
-) -> RunningServer:
-    """Serve any ASGI app with uvicorn in a daemon thread; returns once it accepts connections.
-
-    The socket is bound here, so ``port=0`` yields the real port at once. Raises
-    ``RuntimeError`` if the server does not start within ``startup_timeout`` seconds.
-    """
-    sock = _bind(host, port)
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{host}", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
-        time.sleep(0.005)
-    return RunningServer(server=server, thread=thread, host=host, port=sock.getsockname()[1])
-
-
-# ---------------------------------------------------------------------------------------------
 # Simulated customers
-
-
-def tiny_png(rgb: tuple[int, int, int] = (220, 80, 60), size: int = 8) -> bytes:
-    """A valid solid-colour ``size``x``size`` RGB PNG, built with zlib and struct only."""
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
-
-    row = b"\x00" + bytes(rgb) * size
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(row * size))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _voice_note(rng: random.Random) -> bytes:
@@ -2760,233 +2376,12 @@ def _voice_note(rng: random.Random) -> bytes:
     return page + b"\x00\x00\x00\x00\x01" + bytes([len(head)]) + head + rng.randbytes(256)
 
 
-def _tiny_pdf(text: str) -> bytes:
-    content = f"BT /F1 12 Tf 40 100 Td ({text}) Tj ET".encode("latin-1", "replace")
-    objs = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 144] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    out = b"%PDF-1.4\n"
-    offsets = []
-    for i, obj in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref)
-    return out
-
-
-@dataclass(frozen=True)
-class _Persona:
-    language: str
-    name: str
-    country_prefix: str
-    local_digits: int
-    script: tuple[str, ...]
-    thanks: tuple[str, ...]
-    follow_up: str
-    caption: str
-    location: dict[str, Any]
-    friend: tuple[str, str]
-
-
-PERSONAS: tuple[_Persona, ...] = (
-    _Persona(
-        "en",
-        "Sheena Nelson",
-        "1650555",
-        4,
-        (
-            "Hi! I ordered a pair of running shoes last week and haven't had a shipping update.",
-            "The order number is #48213.",
-            "Could you check whether it has shipped?",
-            "Also, do you have the same model in size 42?",
-            "Is it possible to change the delivery address?",
-            "Great, thank you so much!",
-        ),
-        ("Thanks!", "Perfect, thanks \U0001f64f", "Got it, thank you."),
-        "Any news on this?",
-        "Here's a photo of the box",
-        {
-            "latitude": 37.44221496582,
-            "longitude": -122.16165924072,
-            "name": "Philz Coffee",
-            "address": "101 Forest Ave, Palo Alto, CA 94301",
-        },
-        ("Mark", "Nelson"),
-    ),
-    _Persona(
-        "ja",
-        "佐藤 花子",
-        "8190",
-        8,
-        (
-            "こんにちは。先週注文した商品がまだ届いていません。",
-            "注文番号は 48213 です。",
-            "配送状況を確認していただけますか？",
-            "あと、同じ商品の別の色はありますか？",
-            "お届け先の住所を変更することはできますか？",
-            "ありがとうございます、助かりました！",
-        ),
-        ("ありがとうございます！", "了解しました、ありがとう\U0001f64f"),
-        "こちらの件、その後いかがでしょうか？",
-        "箱の写真です",
-        {
-            "latitude": 35.658034,
-            "longitude": 139.701636,
-            "name": "渋谷駅",
-            "address": "東京都渋谷区道玄坂1丁目",
-        },
-        ("太郎", "佐藤"),
-    ),
-    _Persona(
-        "es",
-        "Lucía Gómez",
-        "346",
-        8,
-        (
-            "Hola, buenas tardes. Compré una chaqueta y me llegó con la talla equivocada.",
-            "Mi número de pedido es 48213.",
-            "¿Puedo cambiarla por una talla M?",
-            "¿Cuánto tarda el cambio en llegar?",
-            "¿Tengo que pagar el envío de la devolución?",
-            "Perfecto, muchas gracias por la ayuda.",
-        ),
-        ("¡Gracias!", "Perfecto, gracias \U0001f64f"),
-        "¿Alguna novedad sobre esto?",
-        "Aquí está la foto de la etiqueta",
-        {"latitude": 40.416775, "longitude": -3.70379, "name": "Puerta del Sol"},
-        ("Javier", "Gómez"),
-    ),
-    _Persona(
-        "pt_BR",
-        "João Pereira",
-        "55119",
-        8,
-        (
-            "Oi, tudo bem? Fiz um pedido ontem e queria saber o prazo de entrega.",
-            "O número do pedido é 48213.",
-            "Vocês entregam em Campinas?",
-            "Posso pagar com Pix?",
-            "Tem como trocar a cor do produto?",
-            "Obrigado pela atenção!",
-        ),
-        ("Valeu!", "Obrigado! \U0001f60a"),
-        "Alguma novidade sobre isso?",
-        "Segue a foto do produto",
-        {"latitude": -23.561414, "longitude": -46.655881, "name": "Avenida Paulista"},
-        ("Ana", "Pereira"),
-    ),
-    _Persona(
-        "ar",
-        "أحمد الحربي",
-        "9665",
-        8,
-        (
-            "مرحبا، طلبت ساعة من متجركم الأسبوع الماضي ولم تصل بعد.",
-            "رقم الطلب هو 48213.",
-            "هل يمكنكم التحقق من حالة الشحن؟",
-            "هل يوجد خيار للدفع عند الاستلام؟",
-            "هل يمكن تغيير عنوان التوصيل؟",
-            "شكرا جزيلا على المساعدة!",
-        ),
-        ("شكرا!", "تمام، شكرا لكم \U0001f64f"),
-        "هل من جديد بخصوص هذا؟",
-        "هذه صورة المنتج",
-        {"latitude": 24.711667, "longitude": 46.674167, "name": "برج المملكة"},
-        ("خالد", "الحربي"),
-    ),
-    _Persona(
-        "vi",
-        "Nguyễn Thị Lan",
-        "849",
-        8,
-        (
-            "Chào shop, mình đặt một đôi giày hôm thứ Hai mà chưa thấy giao.",
-            "Mã đơn hàng của mình là 48213.",
-            "Shop kiểm tra giúp mình đơn hàng đã gửi đi chưa nhé?",
-            "Mẫu này còn size 39 không shop?",
-            "Mình có thể đổi địa chỉ giao hàng được không?",
-            "Cảm ơn shop nhiều nha!",
-        ),
-        ("Cảm ơn shop!", "Dạ ok, cảm ơn shop \U0001f64f"),
-        "Có tin gì về việc này chưa shop?",
-        "Ảnh sản phẩm đây shop",
-        {"latitude": 21.028511, "longitude": 105.852401, "name": "Hồ Hoàn Kiếm"},
-        ("Minh", "Nguyễn"),
-    ),
-    _Persona(
-        "id",
-        "Putri Wulandari",
-        "62812",
-        8,
-        (
-            "Halo kak, saya mau tanya soal pesanan saya yang belum sampai.",
-            "Nomor pesanannya 48213.",
-            "Apakah bisa dicek sudah dikirim atau belum?",
-            "Apakah produk ini ada warna hitam?",
-            "Bisa bayar pakai transfer bank?",
-            "Oke kak, terima kasih banyak!",
-        ),
-        ("Makasih kak!", "Siap, terima kasih \U0001f64f"),
-        "Ada kabar soal ini kak?",
-        "Ini fotonya kak",
-        {"latitude": -6.175392, "longitude": 106.827153, "name": "Monas"},
-        ("Budi", "Santoso"),
-    ),
-    _Persona(
-        "de",
-        "Jonas Becker",
-        "49151",
-        8,
-        (
-            "Hallo, ich habe letzte Woche eine Kaffeemaschine bestellt, aber noch keine "
-            "Versandbestätigung bekommen.",
-            "Die Bestellnummer ist 48213.",
-            "Können Sie bitte nachsehen, ob das Paket schon unterwegs ist?",
-            "Kann ich die Lieferadresse noch ändern?",
-            "Gibt es für das Gerät auch eine Garantieverlängerung?",
-            "Super, vielen Dank für die schnelle Hilfe!",
-        ),
-        ("Danke!", "Alles klar, danke \U0001f44d"),
-        "Gibt es hierzu schon Neuigkeiten?",
-        "Hier ist ein Foto vom Paket",
-        {"latitude": 52.521918, "longitude": 13.413215, "name": "Alexanderplatz"},
-        ("Lena", "Becker"),
-    ),
-    _Persona(
-        "fr",
-        "Camille Dubois",
-        "336",
-        8,
-        (
-            "Bonjour, j'ai commandé une lampe la semaine dernière et elle est arrivée cassée.",
-            "Mon numéro de commande est le 48213.",
-            "Est-ce que je peux avoir un remplacement ou un remboursement ?",
-            "Je vous envoie une photo du colis.",
-            "Combien de temps faut-il pour le remboursement ?",
-            "Parfait, merci beaucoup !",
-        ),
-        ("Merci !", "Super, merci \U0001f64f"),
-        "Des nouvelles à ce sujet ?",
-        "Voici la photo du colis",
-        {"latitude": 48.858370, "longitude": 2.294481, "name": "Tour Eiffel"},
-        ("Julien", "Dubois"),
-    ),
-)
-
 _REACTIONS = ("\U0001f44d", "\u2764\ufe0f", "\U0001f64f", "\U0001f602", "\U0001f62e")
 
 
 @dataclass
 class _Customer:
-    persona: _Persona
+    persona: Persona
     wa_id: str
     line: int = 0
     own_messages: list[str] = field(default_factory=list)
@@ -3088,7 +2483,7 @@ class CustomerChatter:
         elif roll < 0.24:
             media_id = self.sim.customer_uploads(
                 self.phone_number_id,
-                _tiny_pdf("Receipt 48213"),
+                tiny_pdf("Receipt 48213"),
                 "application/pdf",
                 "receipt-48213.pdf",
             )
@@ -3176,7 +2571,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sim.add_template(**kwargs)
     _load_validators()
 
-    sock = _bind(args.host, args.port)
+    sock = bind_socket(args.host, args.port)
     stop = threading.Event()
     if args.chatter > 0:
         for i, pnid in enumerate(sim.numbers()):
