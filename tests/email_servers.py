@@ -19,10 +19,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
@@ -30,6 +32,10 @@ DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 MAIL_USER = "nobody"
 MAIL_GROUP = "nogroup"
+
+# The mailbox the ``dovecot`` fixture holds.
+MAILBOX = "support@example.test"
+MAILBOX_PASSWORD = "imap-secret"
 
 
 def free_port() -> int:
@@ -254,3 +260,28 @@ class SmtpSink:
 
     def stop(self) -> None:
         self.controller.stop()
+
+
+# -- fixtures (import them into a test module or conftest to use them) ------------------------
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """An SMTP sink without authentication on a free port."""
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot holding MAILBOX (password MAILBOX_PASSWORD); the test is skipped where
+    Dovecot cannot run."""
+    reason = dovecot_available()
+    if reason:
+        pytest.skip(reason)
+    server = Dovecot({MAILBOX: MAILBOX_PASSWORD})
+    server.start()
+    yield server
+    server.cleanup()

@@ -25,33 +25,18 @@ from madoguchi.providers import email_wire as wire
 from madoguchi.providers.email_imap import ImapSettings, close, connect
 from madoguchi.queries.threads import conversation_id_for_key, conversation_key
 from madoguchi.receivers import Receivers
-from tests.email_servers import Dovecot, SmtpSink, customer_mail, dovecot_available
+from tests import email_servers
+from tests.email_servers import MAILBOX, Dovecot, customer_mail
+from tests.email_servers import MAILBOX_PASSWORD as PASSWORD
 from tests.helpers import run_worker_until, wait_for
 from tests.test_outbound import database_url
 
-MAILBOX = "support@example.test"
-PASSWORD = "imap-secret"
 FIXTURES = Path(__file__).parent / "fixtures" / "email"
 GMAIL_ID = "<CAJx8pLm+V9r2Qk1Zb7tXyd3nW0fA1c4sEo=hG6uR5yTq@mail.gmail.com>"
 
-
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    reason = dovecot_available()
-    if reason:
-        pytest.skip(reason)
-    server = Dovecot({MAILBOX: PASSWORD})
-    server.start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
+# The mail servers, as tests/providers have them.
+dovecot = email_servers.dovecot
+smtp_sink = email_servers.smtp_sink
 
 
 @pytest.fixture

@@ -6,18 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.email_servers import Dovecot, SmtpSink, dovecot_available
+from tests.email_servers import MAILBOX, MAILBOX_PASSWORD, SmtpSink, dovecot, smtp_sink
 
-MAILBOX = "support@example.test"
-MAILBOX_PASSWORD = "imap-secret"
-
-
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
+__all__ = ["MAILBOX", "MAILBOX_PASSWORD", "dovecot", "smtp_auth_sink", "smtp_sink"]
 
 
 @pytest.fixture
@@ -26,14 +17,3 @@ def smtp_auth_sink() -> Iterator[SmtpSink]:
     sink.start()
     yield sink
     sink.stop()
-
-
-@pytest.fixture
-def dovecot() -> Iterator[Dovecot]:
-    reason = dovecot_available()
-    if reason:
-        pytest.skip(reason)
-    server = Dovecot({MAILBOX: MAILBOX_PASSWORD})
-    server.start()
-    yield server
-    server.cleanup()
