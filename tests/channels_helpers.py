@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import FIXTURES, LiveServer, free_port
+from tests.helpers import FIXTURES, LiveServer, ServedSimulator, free_port
 
 VIBER_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"
 VIBER_BOT_ID = "pa:5672893745648271931"
@@ -93,13 +93,8 @@ def viber_channel(db: None) -> Any:
     )
 
 
-class ViberSim:
+class ViberSim(ServedSimulator):
     """The Viber simulator serving on 127.0.0.1, wired to a channel of the live server."""
-
-    def __init__(self, simulator: Any, running: Any, channel: Any) -> None:
-        self.simulator = simulator
-        self.running = running
-        self.channel = channel
 
     def user(self, user_id: str, name: str = "Viber User", **kwargs: Any) -> str:
         return self.simulator.add_user(user_id, name=name, **kwargs)
@@ -118,17 +113,14 @@ def viber_sim(server: LiveServer, viber_channel: Any) -> Iterator[ViberSim]:
     from madoguchi.simulators.viber import ViberSimulator
 
     simulator = ViberSimulator(receipt_delays=(0.01, 0.01), retry_delays=(0.05, 0.1, 0.2))
-    running = simulator.serve_in_thread()
+    served = ViberSim(simulator, viber_channel)
     simulator.add_account(
         VIBER_TOKEN,
         account_id=VIBER_BOT_ID,
         webhook_url=f"{server.url}{viber_channel.webhook_path}",
     )
-    viber_channel.api_base = running.url
-    viber_channel.save(update_fields=["api_base"])
-    yield ViberSim(simulator, running, viber_channel)
-    running.stop()
-    simulator.close()
+    yield served
+    served.stop()
 
 
 # -- Messenger ------------------------------------------------------------------------------
@@ -153,13 +145,8 @@ def messenger_channel(db: None) -> Any:
     )
 
 
-class MessengerSim:
+class MessengerSim(ServedSimulator):
     """The Messenger simulator serving on 127.0.0.1, wired to a channel of the live server."""
-
-    def __init__(self, simulator: Any, running: Any, channel: Any) -> None:
-        self.simulator = simulator
-        self.running = running
-        self.channel = channel
 
     def customer_sends(self, psid: str, message: Any, **kwargs: Any) -> str:
         return self.simulator.customer_sends(PAGE_ID, psid, message, **kwargs)
@@ -173,7 +160,7 @@ def messenger_sim(server: LiveServer, messenger_channel: Any) -> Iterator[Messen
     from madoguchi.simulators.messenger import MessengerSimulator
 
     simulator = MessengerSimulator(receipt_delays=(0.01, 0.01, 0.01), retry_delays=(0.05, 0.1, 0.2))
-    running = simulator.serve_in_thread()
+    served = MessengerSim(simulator, messenger_channel)
     simulator.add_page(
         page_id=PAGE_ID,
         access_token=PAGE_TOKEN,
@@ -181,11 +168,8 @@ def messenger_sim(server: LiveServer, messenger_channel: Any) -> Iterator[Messen
         app_id=APP_ID,
         webhook_url=f"{server.url}{messenger_channel.webhook_path}",
     )
-    messenger_channel.api_base = running.url
-    messenger_channel.save(update_fields=["api_base"])
-    yield MessengerSim(simulator, running, messenger_channel)
-    running.stop()
-    simulator.close()
+    yield served
+    served.stop()
 
 
 # -- sending through the API ----------------------------------------------------------------

@@ -347,13 +347,25 @@ def fast_password_hashing() -> None:
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-class Sim:
-    """The WhatsApp simulator serving on 127.0.0.1, wired to a channel of the live server."""
+class ServedSimulator:
+    """A platform simulator serving on 127.0.0.1, wired to a channel of the live server: the
+    channel's ``api_base`` becomes the simulator's URL. ``stop()`` stops the server and the
+    simulator's webhook threads. Subclasses add the platform's control calls."""
 
-    def __init__(self, simulator: Any, running: Any, channel: Any) -> None:
+    def __init__(self, simulator: Any, channel: Any) -> None:
         self.simulator = simulator
-        self.running = running
         self.channel = channel
+        self.running = simulator.serve_in_thread()
+        channel.api_base = self.running.url
+        channel.save(update_fields=["api_base"])
+
+    def stop(self) -> None:
+        self.running.stop()
+        self.simulator.close()
+
+
+class Sim(ServedSimulator):
+    """The WhatsApp simulator serving on 127.0.0.1, wired to a channel of the live server."""
 
     def customer_sends(self, wa_id: str, name: str, message: Any, **kwargs: Any) -> str:
         return self.simulator.customer_sends(PHONE_NUMBER_ID, wa_id, name, message, **kwargs)
@@ -368,7 +380,7 @@ def sim(server: LiveServer, channel: Any) -> Iterator[Sim]:
     from madoguchi.simulators.whatsapp import WhatsAppSimulator
 
     simulator = WhatsAppSimulator(status_delays=(0.01, 0.01, 0.01), retry_delays=(0.05, 0.1, 0.2))
-    running = simulator.serve_in_thread()
+    served = Sim(simulator, channel)
     simulator.add_number(
         phone_number_id=PHONE_NUMBER_ID,
         waba_id=WABA_ID,
@@ -377,11 +389,8 @@ def sim(server: LiveServer, channel: Any) -> Iterator[Sim]:
         app_secret=APP_SECRET,
         webhook_url=f"{server.url}{channel.webhook_path}",
     )
-    channel.api_base = running.url
-    channel.save(update_fields=["api_base"])
-    yield Sim(simulator, running, channel)
-    running.stop()
-    simulator.close()
+    yield served
+    served.stop()
 
 
 def run_worker_until(worker: Any, predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
