@@ -480,7 +480,8 @@ class Provider:
 
     @classmethod
     def display_handle(cls, handle: str) -> str:
-        """How a contact's handle reads to people (a phone number with its "+")."""
+        """How a contact's handle reads to people (a phone number with its "+"); "" where the
+        handle is an opaque platform id that means nothing to a person."""
         return handle
 
     @classmethod

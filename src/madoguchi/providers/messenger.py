@@ -283,6 +283,10 @@ class MessengerProvider(MetaWebhooks, Provider):
 
     # -- rules ---------------------------------------------------------------------------
     @classmethod
+    def display_handle(cls, handle: str) -> str:
+        return ""  # an opaque platform id: it means nothing to a person
+
+    @classmethod
     def normalize_handle(cls, raw: str) -> str:
         """A page-scoped id (PSID): the digits Messenger gave the person for this page. People
         cannot type one from memory; this only checks the shape of a pasted id."""

@@ -337,6 +337,10 @@ class ViberProvider(Provider):
 
     # -- rules ---------------------------------------------------------------------------
     @classmethod
+    def display_handle(cls, handle: str) -> str:
+        return ""  # an opaque platform id: it means nothing to a person
+
+    @classmethod
     def normalize_handle(cls, raw: str) -> str:
         """A Viber user id as given (ids are per bot and case-sensitive, B1); raises Invalid
         for anything not shaped like one (a phone number, for example)."""
