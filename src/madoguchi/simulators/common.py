@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "PERSONAS",
+    "Chatter",
     "HubSignedWebhooks",
     "Persona",
     "Poster",
@@ -48,6 +49,7 @@ __all__ = [
     "WebhookAttempt",
     "bind_socket",
     "encode_payload",
+    "personas_speaking",
     "post_webhook",
     "serve_asgi_in_thread",
     "sign_payload",
@@ -787,3 +789,30 @@ PERSONAS: tuple[Persona, ...] = (
         ("Julien", "Dubois"),
     ),
 )
+
+
+def personas_speaking(languages: Sequence[str] | None) -> list[Persona]:
+    """The PERSONAS writing one of ``languages`` (all of them for None), in their order; raises
+    ValueError when none does."""
+    personas = [p for p in PERSONAS if languages is None or p.language in languages]
+    if not personas:
+        raise ValueError(f"no persona speaks any of {languages}")
+    return personas
+
+
+class Chatter:
+    """Base of the simulated customers of a simulator: ``step()`` makes one of them act (the
+    subclass's dialogue); ``run`` calls it on a timer."""
+
+    def step(self) -> Any:
+        raise NotImplementedError
+
+    def run(self, interval_seconds: float, stop_event: threading.Event) -> None:
+        """Call :meth:`step` every ``interval_seconds`` until ``stop_event`` is set; a step that
+        fails is logged and the next one runs."""
+        while not stop_event.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("%s step failed", type(self).__name__)
+            stop_event.wait(interval_seconds)

@@ -81,7 +81,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .common import (
-    PERSONAS,
+    Chatter,
     HubSignedWebhooks,
     Poster,
     RequestRecorder,
@@ -90,6 +90,7 @@ from .common import (
     WebhookAttempt,
     bind_socket,
     encode_payload,
+    personas_speaking,
     sign_payload,
     tiny_pdf,
     tiny_png,
@@ -1332,7 +1333,7 @@ class _Customer:
     answered: set[str] = field(default_factory=set)
 
 
-class MessengerChatter:
+class MessengerChatter(Chatter):
     """Simulated people writing to one page in several languages (the WhatsApp personas).
 
     Each person follows a short shop/support dialogue and now and then sends a photo, a receipt
@@ -1353,9 +1354,7 @@ class MessengerChatter:
         self.sim = sim
         self.page_id = page_id
         self.rng = random.Random(seed)
-        personas = [p for p in PERSONAS if languages is None or p.language in languages]
-        if not personas:
-            raise ValueError(f"no persona speaks any of {languages}")
+        personas = personas_speaking(languages)
         self.customers: list[_Customer] = []
         for i in range(customers or len(personas)):
             p = personas[i % len(personas)]
@@ -1406,15 +1405,6 @@ class MessengerChatter:
         mid = self.sim.customer_sends(self.page_id, c.psid, message, name=c.name)
         c.own = [*c.own[-9:], mid]
         return mid
-
-    def run(self, interval_seconds: float, stop_event: threading.Event) -> None:
-        """Call :meth:`step` every ``interval_seconds`` until ``stop_event`` is set."""
-        while not stop_event.is_set():
-            try:
-                self.step()
-            except Exception:
-                log.exception("MessengerChatter step failed")
-            stop_event.wait(interval_seconds)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,12 +68,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .common import (
-    PERSONAS,
+    Chatter,
     RequestRecorder,
     RunningServer,
     Scheduler,
     SimulatorCore,
     bind_socket,
+    personas_speaking,
     tiny_pdf,
     tiny_png,
 )
@@ -1079,7 +1080,7 @@ class _ChatUser:
 _STICKERS = (40108, 40113, 40120, 40128, 114405)
 
 
-class ViberChatter:
+class ViberChatter(Chatter):
     """Simulated Viber users writing to one bot, in the languages of the WhatsApp personas.
 
     A new user first opens the chat (``conversation_started``, which gets the welcome message
@@ -1101,9 +1102,7 @@ class ViberChatter:
         self.sim = sim
         self.auth_token = auth_token
         self.rng = random.Random(seed)
-        personas = [p for p in PERSONAS if languages is None or p.language in languages]
-        if not personas:
-            raise ValueError(f"no persona speaks any of {languages}")
+        personas = personas_speaking(languages)
         self.users: list[_ChatUser] = []
         for i in range(users or len(personas)):
             persona = personas[i % len(personas)]
@@ -1164,15 +1163,6 @@ class ViberChatter:
 
     def _send(self, user: _ChatUser, message: Mapping[str, Any] | str) -> int:
         return self.sim.user_sends(self.auth_token, user.id, message)
-
-    def run(self, interval_seconds: float, stop_event: threading.Event) -> None:
-        """Call :meth:`step` every ``interval_seconds`` until ``stop_event`` is set."""
-        while not stop_event.is_set():
-            try:
-                self.step()
-            except Exception:
-                log.exception("ViberChatter step failed")
-            stop_event.wait(interval_seconds)
 
 
 _COUNTRIES = {

@@ -76,8 +76,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .common import PERSONAS as PERSONAS  # re-exported (simulators/mail.py)
 from .common import (
-    PERSONAS,
+    Chatter,
     HubSignedWebhooks,
     Persona,
     Poster,
@@ -89,13 +90,15 @@ from .common import (
     WebhookAttempt,
     bind_socket,
     encode_payload,
+    personas_speaking,
     serve_asgi_in_thread,
     sign_payload,
     tiny_pdf,
     tiny_png,
 )
 
-# The names other modules knew this module's helpers by before they moved to ``common``.
+# The names other modules (simulators/mail.py, bench) know these helpers by, from before they
+# moved to ``common``.
 _bind = bind_socket
 _Persona = Persona
 _tiny_pdf = tiny_pdf
@@ -2388,7 +2391,7 @@ class _Customer:
     answered: set[str] = field(default_factory=set)
 
 
-class CustomerChatter:
+class CustomerChatter(Chatter):
     """Simulated customers writing to one business number, in several languages.
 
     Each customer follows a small shop/support dialogue and now and then sends a photo (a tiny
@@ -2409,9 +2412,7 @@ class CustomerChatter:
         self.sim = sim
         self.phone_number_id = phone_number_id
         self.rng = random.Random(seed)
-        personas = [p for p in PERSONAS if languages is None or p.language in languages]
-        if not personas:
-            raise ValueError(f"no persona speaks any of {languages}")
+        personas = personas_speaking(languages)
         count = customers or len(personas)
         self.customers: list[_Customer] = []
         for i in range(count):
@@ -2509,15 +2510,6 @@ class CustomerChatter:
         )
         customer.own_messages = [*customer.own_messages[-9:], wamid]
         return wamid
-
-    def run(self, interval_seconds: float, stop_event: threading.Event) -> None:
-        """Call :meth:`step` every ``interval_seconds`` until ``stop_event`` is set."""
-        while not stop_event.is_set():
-            try:
-                self.step()
-            except Exception:
-                log.exception("CustomerChatter step failed")
-            stop_event.wait(interval_seconds)
 
 
 # ---------------------------------------------------------------------------------------------
