@@ -36,12 +36,12 @@ from madoguchi.providers.base import (
     StatusUpdate,
 )
 from madoguchi.providers.messenger import MessengerProvider
+from madoguchi.simulators.common import RunningServer, serve_asgi_in_thread, tiny_png
 from madoguchi.simulators.messenger import (
     PAGE_INBOX_APP_ID,
     MessengerChatter,
     MessengerSimulator,
 )
-from madoguchi.simulators.whatsapp import RunningServer, serve_asgi_in_thread, tiny_png
 from tests.helpers import wait_for
 
 PAGE = "106893398573421"

@@ -35,8 +35,8 @@ from madoguchi.providers.base import (
 )
 from madoguchi.providers.viber import MEDIA_HOST_REFUSED, ViberProvider
 from madoguchi.providers.viber_wire import LOCAL_ERROR_CODE
+from madoguchi.simulators.common import RunningServer, serve_asgi_in_thread, tiny_png
 from madoguchi.simulators.viber import ViberChatter, ViberSimulator, sign_payload
-from madoguchi.simulators.whatsapp import RunningServer, serve_asgi_in_thread, tiny_png
 from tests.helpers import wait_for
 
 TOKEN = "4453b6ac12345678-e02c5f12174805f9-daec1cbd0f0e6b2b"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from madoguchi.models import ContactIdentity, Conversation, Job, Message, RawEvent
-from madoguchi.simulators.whatsapp import tiny_png
+from madoguchi.simulators.common import tiny_png
 from tests.channels_helpers import (
     APP_ID,
     PAGE_ID,

@@ -13,7 +13,7 @@ import pytest
 
 from madoguchi.models import Contact, ContactIdentity, Conversation, Job, Message, RawEvent
 from madoguchi.providers.registry import provider_for
-from madoguchi.simulators.whatsapp import tiny_png
+from madoguchi.simulators.common import tiny_png
 from tests.channels_helpers import (
     VIBER_BOT_ID,
     VIBER_TOKEN,

@@ -58,7 +58,7 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 from typing import Any
 
-from .whatsapp import PERSONAS, _Persona, _tiny_pdf, tiny_png
+from .common import PERSONAS, Persona, tiny_pdf, tiny_png
 
 __all__ = [
     "CapturedMail",
@@ -1401,7 +1401,7 @@ JA_WEEKDAYS = "月火水木金土日"
 
 @dataclass
 class MailCustomer:
-    persona: _Persona
+    persona: Persona
     identity: MailIdentity
     line: int = 0
     subject_index: int = 0
@@ -1526,7 +1526,7 @@ class MailChatter:
                 attachment = ("photo.png", "image/png", tiny_png(colour, 16))
                 lines.append(p.caption)
             else:
-                attachment = ("receipt-48213.pdf", "application/pdf", _tiny_pdf("Receipt 48213"))
+                attachment = ("receipt-48213.pdf", "application/pdf", tiny_pdf("Receipt 48213"))
         return self.write(
             customer,
             "\n".join(lines),

@@ -76,7 +76,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .common import PERSONAS as PERSONAS  # re-exported (simulators/mail.py)
 from .common import (
     Chatter,
     HubSignedWebhooks,
@@ -97,11 +96,8 @@ from .common import (
     tiny_png,
 )
 
-# The names other modules (simulators/mail.py, bench) know these helpers by, from before they
-# moved to ``common``.
+# bench/b5_outbound.py knows bind_socket by its name from before it moved to ``common``.
 _bind = bind_socket
-_Persona = Persona
-_tiny_pdf = tiny_pdf
 
 __all__ = [
     "CustomerChatter",
