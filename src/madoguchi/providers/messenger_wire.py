@@ -81,7 +81,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints
+from pydantic import Field, PlainValidator, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 
 from madoguchi.providers.base import (
@@ -96,7 +96,7 @@ from madoguchi.providers.base import (
     SendError,
     StatusUpdate,
 )
-from madoguchi.providers.payloads import LOCAL_ERROR_CODE, load_json
+from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel, load_json
 from madoguchi.providers.payloads import network_error as network_error  # re-exported
 from madoguchi.providers.payloads import summarize as _summarize
 from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
@@ -149,19 +149,6 @@ class UnsupportedTag(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Validating models of the page webhook (C3)
 # ---------------------------------------------------------------------------------------------
-
-
-class WireModel(BaseModel):
-    """Base of every wire model: unknown fields are ignored (Meta adds fields without notice);
-    numbers are accepted where strings are expected (ids are sometimes numbers); non-finite
-    floats are refused so that everything kept stays JSON-safe."""
-
-    model_config = ConfigDict(
-        extra="ignore",
-        populate_by_name=True,
-        coerce_numbers_to_str=True,
-        allow_inf_nan=False,
-    )
 
 
 _MS_DIGITS = re.compile(r"[0-9]{1,15}")

@@ -1,5 +1,5 @@
-"""What every ``*_wire`` module does the same way: read a webhook body as strict JSON, say why
-a payload failed validation, and name a failed HTTP call.
+"""What every ``*_wire`` module does the same way: the base of its validating models, read a
+webhook body as strict JSON, say why a payload failed validation, and name a failed HTTP call.
 
 Pure code (no network, no ORM, no Django), like the wire modules that use it.
 """
@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
 from .base import PlatformError, SendError
@@ -19,6 +20,21 @@ from .base import PlatformError, SendError
 # The code of errors made here rather than by a platform (timeouts, refused connections, an
 # HTTP error without a platform error body). Platforms' own codes are never negative.
 LOCAL_ERROR_CODE = -1
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: unknown fields are ignored (platforms add fields without
+    notice); numbers are accepted where strings are expected (platforms are not consistent:
+    WhatsApp group webhooks send ``wa_id`` as a number, Viber's ``message_token`` is an int64);
+    non-finite floats are refused so that everything kept stays JSON-safe."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        coerce_numbers_to_str=True,
+        allow_inf_nan=False,
+    )
+
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 

@@ -74,7 +74,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints
+from pydantic import Field, PlainValidator, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 
 from madoguchi.providers.base import (
@@ -87,7 +87,7 @@ from madoguchi.providers.base import (
     StatusUpdate,
     SubscriptionUpdate,
 )
-from madoguchi.providers.payloads import LOCAL_ERROR_CODE
+from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel
 from madoguchi.providers.payloads import network_error as network_error  # re-exported
 from madoguchi.providers.payloads import summarize as _summarize
 from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
@@ -154,19 +154,6 @@ def signature_matches(header: str, body: bytes, auth_token: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Validating models of the callbacks (B4)
 # ---------------------------------------------------------------------------------------------
-
-
-class WireModel(BaseModel):
-    """Base of every wire model: unknown fields are ignored (Viber adds fields), numbers are
-    accepted where strings are expected (``message_token`` is an int64, B1), and non-finite
-    floats are refused so that everything kept stays JSON-safe."""
-
-    model_config = ConfigDict(
-        extra="ignore",
-        populate_by_name=True,
-        coerce_numbers_to_str=True,
-        allow_inf_nan=False,
-    )
 
 
 def _unix_ms_to_utc(value: object) -> datetime:

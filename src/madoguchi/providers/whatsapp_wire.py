@@ -51,7 +51,7 @@ from decimal import Decimal, InvalidOperation
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints
+from pydantic import Field, PlainValidator, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 
 from madoguchi.providers.base import (
@@ -65,7 +65,7 @@ from madoguchi.providers.base import (
     StatusUpdate,
     TemplateStatusUpdate,
 )
-from madoguchi.providers.payloads import LOCAL_ERROR_CODE, load_json
+from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel, load_json
 from madoguchi.providers.payloads import network_error as network_error  # re-exported
 from madoguchi.providers.payloads import summarize as _summarize
 from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
@@ -98,22 +98,6 @@ class WebhookPayloadError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Validating models of the webhook payload (A3-A6)
 # ---------------------------------------------------------------------------------------------
-
-
-class WireModel(BaseModel):
-    """Base of every wire model: unknown fields are ignored (Meta adds fields without notice).
-
-    Numbers are accepted where strings are expected because Meta is not consistent (group
-    webhooks send ``wa_id`` as a number, ``message_template_id`` is an integer); non-finite
-    floats are refused so that everything kept stays JSON-safe.
-    """
-
-    model_config = ConfigDict(
-        extra="ignore",
-        populate_by_name=True,
-        coerce_numbers_to_str=True,
-        allow_inf_nan=False,
-    )
 
 
 _UNIX_SECONDS = re.compile(r"[0-9]{1,11}")
