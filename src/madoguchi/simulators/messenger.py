@@ -211,6 +211,17 @@ def token_error(
 # Records and state
 
 
+def _parse_faults(faults: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """Injected faults as tuples: ``("http", ...)``, ``("graph", ...)`` or ``("timeout", ...)``
+    with at least one value; ValueError for anything else (nothing is queued then)."""
+    parsed = []
+    for fault in faults:
+        if fault[0] not in ("http", "graph", "timeout") or len(fault) < 2:
+            raise ValueError(f"unknown fault {fault!r}")
+        parsed.append(tuple(fault))
+    return parsed
+
+
 class SentMessage(NamedTuple):
     """One accepted Send API request (``body`` as decoded: JSON objects, not form strings)."""
 
@@ -421,11 +432,7 @@ class MessengerSimulator(HubSignedWebhooks):
     def inject_profile_faults(self, page_id: str, faults: Iterable[Sequence[Any]]) -> None:
         """Queue answers for the next User Profile API requests of a page, as
         :meth:`inject_faults` does for sends (which keep their own queue)."""
-        parsed = []
-        for fault in faults:
-            if fault[0] not in ("http", "graph", "timeout") or len(fault) < 2:
-                raise ValueError(f"unknown fault {fault!r}")
-            parsed.append(tuple(fault))
+        parsed = _parse_faults(faults)
         with self._lock:
             self._page(page_id).profile_faults.extend(parsed)
 
@@ -433,11 +440,7 @@ class MessengerSimulator(HubSignedWebhooks):
         """Queue answers for the next Send API requests of a page, one per request:
         ``("http", status[, text])``, ``("graph", code[, subcode[, http_status]])``,
         ``("timeout", seconds)`` (then handled normally). ValueError for another kind."""
-        parsed = []
-        for fault in faults:
-            if fault[0] not in ("http", "graph", "timeout") or len(fault) < 2:
-                raise ValueError(f"unknown fault {fault!r}")
-            parsed.append(tuple(fault))
+        parsed = _parse_faults(faults)
         with self._lock:
             self._page(page_id).faults.extend(parsed)
 
