@@ -65,7 +65,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import mimetypes
 import re
 from collections.abc import Mapping
@@ -87,7 +86,7 @@ from madoguchi.providers.base import (
     StatusUpdate,
     SubscriptionUpdate,
 )
-from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel
+from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel, load_json
 from madoguchi.providers.payloads import network_error as network_error  # re-exported
 from madoguchi.providers.payloads import summarize as _summarize
 from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
@@ -296,7 +295,7 @@ _KNOWN_EVENTS = frozenset(
 def load_callback(body: bytes) -> dict[str, Any]:
     """Decode a callback body: a JSON object with a string ``event``. Raises
     ``ViberPayloadError``. This is the hot path's check, before the body is stored."""
-    document = _load_json(body)
+    document = load_json(body, ViberPayloadError)
     if not isinstance(document, dict):
         raise ViberPayloadError("invalid_payload", "the body is not a JSON object")
     if not isinstance(document.get("event"), str) or not document["event"]:
@@ -571,29 +570,6 @@ def _render_contact(contact: ViberContact) -> tuple[str, dict[str, Any]]:
         card["phones"].append({"phone": contact.phone_number})
     line = " ".join(part for part in (contact.name, contact.phone_number) if part)
     return (f"👤 {line}" if line else ""), card
-
-
-def _load_json(body: bytes) -> Any:
-    """Decode the body; only finite numbers and strict UTF-8."""
-
-    def refuse_constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    def finite_float(text: str) -> float:
-        number = float(text)
-        if not math.isfinite(number):
-            raise ValueError("number out of range")
-        return number
-
-    try:
-        text = bytes(body).decode("utf-8")
-        document = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
-        # A lone surrogate escape ("\ud83d") decodes to a string no database accepts.
-        if "\\u" in text:
-            json.dumps(document, ensure_ascii=False).encode("utf-8")
-    except (ValueError, RecursionError, TypeError, UnicodeEncodeError):
-        raise ViberPayloadError("malformed_json", "the body is not valid JSON") from None
-    return document
 
 
 # ---------------------------------------------------------------------------------------------
