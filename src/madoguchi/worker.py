@@ -28,7 +28,7 @@ from madoguchi.actions.inbound import (
     RetryLater,
     channel_for_event,
     do_process_raw_event,
-    do_receive_messages,
+    do_receive_batch,
 )
 from madoguchi.models import Channel, Job, RawEvent
 from madoguchi.providers.base import InboundMessage
@@ -62,22 +62,34 @@ class Worker:
     # -- raw events ----------------------------------------------------------------------
     def claim_raw_events(self, limit: int = 20) -> list[RawEvent]:
         """Claim up to ``limit`` due bodies with one conditional UPDATE; the claim token tells
-        which rows this call won (another worker may have taken some in between)."""
+        which rows this call won (another worker may have taken some in between).
+
+        Two statements when the UPDATE wins every row read (the usual case): the rows are read
+        whole first and given the claim's values here; only when another worker took some in
+        between are the won rows read again."""
         now = timezone.now()
-        ids = list(
+        due = list(
             RawEvent.objects.filter(processed_at__isnull=True, attempts__lt=RAW_EVENT_MAX_ATTEMPTS)
             .filter(lease_free(now))
-            .order_by("id")
-            .values_list("id", flat=True)[:limit]
+            .order_by("id")[:limit]
         )
-        if not ids:
+        if not due:
             return []
         self.claims += 1
         token = f"{self.name}:{self.claims}"[-80:]
-        RawEvent.objects.filter(pk__in=ids, processed_at__isnull=True).filter(
-            lease_free(now)
-        ).update(lease_until=now + self.lease, attempts=F("attempts") + 1, claimed_by=token)
-        return list(RawEvent.objects.filter(pk__in=ids, claimed_by=token).order_by("id"))
+        until = now + self.lease
+        ids = [raw.pk for raw in due]
+        won = (
+            RawEvent.objects.filter(pk__in=ids, processed_at__isnull=True)
+            .filter(lease_free(now))
+            .update(lease_until=until, attempts=F("attempts") + 1, claimed_by=token)
+        )
+        if won != len(due):
+            return list(RawEvent.objects.filter(pk__in=ids, claimed_by=token).order_by("id"))
+        for raw in due:
+            # What the UPDATE wrote: every row was still free, so none changed since the read.
+            raw.lease_until, raw.attempts, raw.claimed_by = until, raw.attempts + 1, token
+        return due
 
     def process_raw_event(self, raw: RawEvent) -> None:
         channel = Channel.objects.filter(pk=raw.channel_id).first()
@@ -210,14 +222,13 @@ class Worker:
     # -- loops ---------------------------------------------------------------------------
     def process_raw_events(self, raws: list[RawEvent]) -> None:
         """Bodies that carry only customer messages are applied together (one transaction, bulk
-        inserts: the busy path); anything else, or a batch that fails, one body at a time."""
-        channels: dict[int, Channel | None] = {}
+        inserts, one pass for every channel of the batch: the busy path); anything else, or a
+        batch that fails, one body at a time."""
+        channels: dict[int, Channel] = Channel.objects.in_bulk({raw.channel_id for raw in raws})
         batch: list[tuple[RawEvent, Channel, list[InboundMessage]]] = []
         single: list[RawEvent] = []
         for raw in raws:
-            if raw.channel_id not in channels:
-                channels[raw.channel_id] = Channel.objects.filter(pk=raw.channel_id).first()
-            channel = channels[raw.channel_id]
+            channel = channels.get(raw.channel_id)
             events = None
             if channel is not None:
                 try:
@@ -236,14 +247,13 @@ class Worker:
         if batch:
             try:
                 with transaction.atomic():
-                    grouped: dict[int, tuple[Channel, list[InboundMessage]]] = {}
+                    items: list[tuple[Channel, InboundMessage]] = []
                     for _raw, channel, events in batch:
                         for event in events:
                             target = channel_for_event(channel, event.business_handle)
                             if target is not None:
-                                grouped.setdefault(target.pk, (target, []))[1].append(event)
-                    for target, messages in grouped.values():
-                        do_receive_messages(target, messages)
+                                items.append((target, event))
+                    do_receive_batch(items)
                     RawEvent.objects.filter(pk__in=[raw.pk for raw, _c, _e in batch]).update(
                         processed_at=timezone.now(), lease_until=None, error=""
                     )

@@ -46,7 +46,7 @@ from madoguchi.queries.serialize import conversation_json, message_json
 from madoguchi.queries.threads import conversation_id_for_key
 from madoguchi.realtime import wakeup
 from madoguchi.realtime.publish import has_audience, publish_on_commit
-from madoguchi.rules.access import recipients_for
+from madoguchi.rules.access import audience_key, recipients_for_many
 from madoguchi.rules.routing import sticky_assignee
 from madoguchi.storage import guess_extension
 
@@ -615,98 +615,115 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
 
 
 def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> list[Message]:
-    """The same as do_receive_message for each of ``inbounds``, in bulk: a constant number of
-    queries for the batch plus one cheap statement per contact and per conversation. For the
-    worker's busy path (B2); must be called inside a transaction. An IntegrityError (another
-    worker stored the same contact or conversation at the same moment) is the caller's to retry.
+    """The same as do_receive_message for each of ``inbounds``, in bulk (see
+    do_receive_batch, which takes messages of several channels at once)."""
+    return do_receive_batch([(channel, inbound) for inbound in inbounds])
+
+
+def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Message]:
+    """The same as do_receive_message for each (channel, message) of ``items``, in bulk: a
+    constant number of queries for the whole batch, whatever the number of messages and of
+    channels (each statement covers every channel: ``channel_id IN (...)``). For the worker's
+    busy path (B2, B3); must be called inside a transaction. An IntegrityError (another worker
+    stored the same contact or conversation at the same moment) is the caller's to retry.
     Messages that name their conversation (thread hints, a conversation key) are routed one by
     one through do_receive_message, after the others (the worker sends such bodies there
     anyway).
     """
-    if any(m.thread_hints or m.conversation_key for m in inbounds):
-        threaded = [m for m in inbounds if m.thread_hints or m.conversation_key]
-        plain = [m for m in inbounds if not (m.thread_hints or m.conversation_key)]
-        messages = do_receive_messages(channel, plain) if plain else []
-        for inbound in threaded:
+    threaded = [(c, m) for c, m in items if m.thread_hints or m.conversation_key]
+    if threaded:
+        plain = [(c, m) for c, m in items if not (m.thread_hints or m.conversation_key)]
+        messages = do_receive_batch(plain) if plain else []
+        for channel, inbound in threaded:
             message = do_receive_message(channel, inbound)
             if message is not None:
                 messages.append(message)
         return messages
-    fresh: dict[str, InboundMessage] = {}
-    for inbound in inbounds:
-        fresh.setdefault(clean(inbound.platform_message_id, 255), inbound)
+    channels = {c.pk: c for c, _m in items}
+    fresh: dict[tuple[int, str], InboundMessage] = {}
+    for channel, inbound in items:
+        fresh.setdefault((channel.pk, clean(inbound.platform_message_id, 255)), inbound)
+    if not fresh:
+        return []
     stored = set(
-        Message.objects.filter(channel=channel, platform_message_id__in=list(fresh)).values_list(
-            "platform_message_id", flat=True
-        )
+        Message.objects.filter(
+            channel_id__in=list(channels), platform_message_id__in={p for _c, p in fresh}
+        ).values_list("channel_id", "platform_message_id")
     )
-    todo = [(pid, m) for pid, m in fresh.items() if pid not in stored]
+    todo = [(key, m) for key, m in fresh.items() if key not in stored]
     if not todo:
         return []
 
-    # Contacts and their identity on this channel.
-    first_of: dict[str, InboundMessage] = {}
-    for _pid, inbound in todo:
-        first_of.setdefault(inbound.sender_handle, inbound)
+    # Contacts and their identity on each channel, keyed by (channel id, handle).
+    first_of: dict[tuple[int, str], InboundMessage] = {}
+    for (channel_id, _pid), inbound in todo:
+        first_of.setdefault((channel_id, inbound.sender_handle), inbound)
     identities = {
-        i.handle: i
+        (i.channel_id, i.handle): i
         for i in ContactIdentity.objects.filter(
-            channel=channel, handle__in=list(first_of)
+            channel_id__in={c for c, _h in first_of}, handle__in={h for _c, h in first_of}
         ).select_related("contact", "contact__owner")
+        if (i.channel_id, i.handle) in first_of
     }
-    new_handles = [h for h in first_of if h not in identities]
-    if new_handles:
+    new_keys = [key for key in first_of if key not in identities]
+    if new_keys:
         contacts = Contact.objects.bulk_create(
-            [Contact(name=clean(first_of[h].sender_name or h, 200)) for h in new_handles]
+            [Contact(name=clean(first_of[k].sender_name or k[1], 200)) for k in new_keys]
         )
         made = ContactIdentity.objects.bulk_create(
             [
                 ContactIdentity(
                     contact=contact,
-                    channel=channel,
+                    channel=channels[channel_id],
                     handle=handle,
-                    profile_name=clean(first_of[handle].sender_name, 200),
+                    profile_name=clean(first_of[(channel_id, handle)].sender_name, 200),
                 )
-                for contact, handle in zip(contacts, new_handles, strict=True)
+                for contact, (channel_id, handle) in zip(contacts, new_keys, strict=True)
             ]
         )
-        identities.update({i.handle: i for i in made})
-        if looks_up_profiles(channel):
-            unnamed = [profile_job(i) for i in made if not i.profile_name]
-            if unnamed:
-                Job.objects.bulk_create(unnamed)
-                transaction.on_commit(wakeup.notify)
+        identities.update({(i.channel_id, i.handle): i for i in made})
+        unnamed = [
+            profile_job(i)
+            for i in made
+            if not i.profile_name and looks_up_profiles(channels[i.channel_id])
+        ]
+        if unnamed:
+            Job.objects.bulk_create(unnamed)
+            transaction.on_commit(wakeup.notify)
 
     # The window start only moves forward (conditional UPDATEs, one per contact).
-    latest: dict[str, Any] = {}
-    earliest: dict[str, Any] = {}
-    for _pid, inbound in todo:
-        handle, ts = inbound.sender_handle, inbound.timestamp
-        latest[handle] = max(latest[handle], ts) if handle in latest else ts
-        earliest[handle] = min(earliest[handle], ts) if handle in earliest else ts
+    latest: dict[tuple[int, str], Any] = {}
+    earliest: dict[tuple[int, str], Any] = {}
+    for (channel_id, _pid), inbound in todo:
+        key, ts = (channel_id, inbound.sender_handle), inbound.timestamp
+        latest[key] = max(latest[key], ts) if key in latest else ts
+        earliest[key] = min(earliest[key], ts) if key in earliest else ts
     adapt = connection.ops.adapt_datetimefield_value
     with connection.cursor() as cursor:
         cursor.executemany(
             "UPDATE madoguchi_contactidentity SET last_inbound_at = %s WHERE id = %s"
             " AND (last_inbound_at IS NULL OR last_inbound_at < %s)",
-            [(adapt(ts), identities[h].pk, adapt(ts)) for h, ts in latest.items()],
+            [(adapt(ts), identities[k].pk, adapt(ts)) for k, ts in latest.items()],
         )
 
     # Their active conversations, locked while they change (PostgreSQL; SQLite's write
-    # transaction is exclusive anyway), and opened (sticky to the owner) where there is none.
-    # The locked rows are current, so the events below are built from them without a re-read.
-    identity_ids = [i.pk for i in identities.values()]
+    # transaction is exclusive anyway), in id order (two workers lock in the same order), and
+    # opened (sticky to the owner) where there is none. The locked rows are current, so the
+    # events below are built from them without a re-read.
+    by_identity = {i.pk: i for i in identities.values()}
     active = {
         c.identity_id: c
         for c in Conversation.objects.select_for_update(of=("self",))
-        .filter(identity_id__in=identity_ids)
+        .filter(identity_id__in=list(by_identity))
         .exclude(status="resolved")
         .select_related("assignee")
+        .order_by("pk")
     }
     opened = []
-    for identity in identities.values():
+    for key, identity in identities.items():
         if identity.pk in active:
             continue
+        channel = channels[key[0]]
         assignee = sticky_assignee(identity.contact)
         opened.append(
             Conversation(
@@ -714,8 +731,8 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
                 contact=identity.contact,
                 identity=identity,
                 assignee=assignee,
-                team=channel.team,
-                last_message_at=earliest[identity.handle],
+                team_id=channel.team_id,
+                last_message_at=earliest[key],
             )
         )
     if opened:
@@ -731,40 +748,47 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
                 for c in opened
             ]
         )
-    by_identity = {i.pk: i for i in identities.values()}
     for conversation in active.values():
         identity = by_identity[conversation.identity_id]
-        conversation.channel = channel
+        conversation.channel = channels[identity.channel_id]
         conversation.identity = identity
         conversation.contact = identity.contact
-        if identity.handle in latest and (
-            identity.last_inbound_at is None or identity.last_inbound_at < latest[identity.handle]
+        key = (identity.channel_id, identity.handle)
+        if key in latest and (
+            identity.last_inbound_at is None or identity.last_inbound_at < latest[key]
         ):
-            identity.last_inbound_at = latest[identity.handle]
+            identity.last_inbound_at = latest[key]
     locked = {c.pk: c for c in active.values()}
 
+    # Quoted messages (replies, reactions): looked up only when some message quotes one.
     targets = {
-        clean(m.reply_to_platform_id or m.reaction_to_platform_id or "", 255) for _p, m in todo
-    } - {""}
-    quoted = dict(
-        Message.objects.filter(channel=channel, platform_message_id__in=list(targets)).values_list(
-            "platform_message_id", "pk"
-        )
-    )
+        (channel_id, clean(m.reply_to_platform_id or m.reaction_to_platform_id or "", 255))
+        for (channel_id, _pid), m in todo
+    }
+    targets = {t for t in targets if t[1]}
+    quoted: dict[tuple[int, str], int] = {}
+    if targets:
+        quoted = {
+            (channel_id, pid): pk
+            for channel_id, pid, pk in Message.objects.filter(
+                channel_id__in={c for c, _t in targets},
+                platform_message_id__in={t for _c, t in targets},
+            ).values_list("channel_id", "platform_message_id", "pk")
+        }
     rows = []
-    for pid, m in todo:
-        identity = identities[m.sender_handle]
+    for (channel_id, pid), m in todo:
+        identity = identities[(channel_id, m.sender_handle)]
         target = clean(m.reply_to_platform_id or m.reaction_to_platform_id or "", 255)
         rows.append(
             Message(
                 conversation=active[identity.pk],
-                channel=channel,
+                channel=channels[channel_id],
                 direction="in",
                 kind=m.kind,
                 text=clean(m.text),
                 platform_message_id=pid,
                 platform_timestamp=m.timestamp,
-                reply_to_id=quoted.get(target),
+                reply_to_id=quoted.get((channel_id, target)),
                 reply_to_platform_id=target,
                 error_code=m.error.code if m.error else None,
                 error_title=clean(m.error.title, 255) if m.error else "",
@@ -774,11 +798,15 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
             )
         )
     messages = Message.objects.bulk_create(rows)
-    # A reply to a message of the same batch: link it now that both exist.
-    own = {m.platform_message_id: m.pk for m in messages}
-    linked = [m for m in messages if m.reply_to_id is None and m.reply_to_platform_id in own]
+    # A reply to a message of the same batch (same channel): link it now that both exist.
+    own = {(m.channel_id, m.platform_message_id): m.pk for m in messages}
+    linked = [
+        m
+        for m in messages
+        if m.reply_to_id is None and (m.channel_id, m.reply_to_platform_id) in own
+    ]
     for message in linked:
-        message.reply_to_id = own[message.reply_to_platform_id]
+        message.reply_to_id = own[(message.channel_id, message.reply_to_platform_id)]
     if linked:
         Message.objects.bulk_update(linked, ["reply_to"])
     media_jobs = [
@@ -801,11 +829,11 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
     for message in messages:
         per_conversation.setdefault(message.conversation_id, []).append(message)
     updates = []
-    for conversation_id, items in per_conversation.items():
+    for conversation_id, items_of in per_conversation.items():
         row = locked[conversation_id]
-        newest = max(items, key=lambda m: m.platform_timestamp)
+        newest = max(items_of, key=lambda m: m.platform_timestamp)
         moves = newest.platform_timestamp >= row.last_message_at
-        row.unread_count += len(items)
+        row.unread_count += len(items_of)
         if moves:
             row.last_message_at = newest.platform_timestamp
             row.last_message_preview = newest.text[:PREVIEW_LENGTH]
@@ -830,17 +858,15 @@ def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> lis
             updates,
         )
 
-    # Real-time events, to the people allowed to see each conversation.
+    # Real-time events, to the people allowed to see each conversation (one computation for
+    # every conversation of the batch).
     if not has_audience():
         return messages
-    audience: dict[tuple[Any, ...], list[int]] = {}
-    for conversation_id, items in per_conversation.items():
+    audiences = recipients_for_many([locked[pk] for pk in per_conversation])
+    for conversation_id, items_of in per_conversation.items():
         conversation = locked[conversation_id]
-        key = (conversation.channel_id, conversation.team_id, conversation.assignee_id)
-        if key not in audience:
-            audience[key] = recipients_for(conversation)
-        recipients = audience[key]
-        for message in items:
+        recipients = audiences[audience_key(conversation)]
+        for message in items_of:
             message.author = None
             publish_on_commit(
                 {

@@ -132,3 +132,60 @@ def recipients_for(conversation: Conversation) -> list[int]:
         if team_ids:
             allowed |= Q(teams__id__in=team_ids)
     return sorted(set(users.filter(allowed).values_list("id", flat=True)))
+
+
+AudienceKey = tuple[int, int | None, int | None]
+
+
+def audience_key(conversation: Conversation) -> AudienceKey:
+    """What decides a conversation's audience besides its channel's settings: (channel, team,
+    assignee). Conversations with the same key have the same recipients_for."""
+    return (conversation.channel_id, conversation.team_id, conversation.assignee_id)
+
+
+def recipients_for_many(conversations: list[Conversation]) -> dict[AudienceKey, list[int]]:
+    """recipients_for of every conversation, by audience_key, sorted: the same sets, in at most
+    two queries whatever the number of conversations and channels (the active users concerned,
+    then the team memberships). Each conversation's ``channel`` must be loaded."""
+    channels = {c.channel_id: c.channel for c in conversations}
+    keys = {audience_key(c) for c in conversations}
+    if not keys:
+        return {}
+    visibility = {pk: channel.visibility for pk, channel in channels.items()}
+    team_ids: set[int] = set()
+    for channel_id, team_id, _assignee in keys:
+        if visibility[channel_id] == Visibility.TEAM:
+            team_ids.update(t for t in (channels[channel_id].team_id, team_id) if t)
+    users = User.objects.filter(is_active=True)
+    if all(visibility[channel_id] != Visibility.ALL for channel_id, _t, _a in keys):
+        wanted = Q(role__in=["admin", "supervisor"]) | Q(
+            pk__in=[assignee for _c, _t, assignee in keys if assignee]
+        )
+        if team_ids:
+            wanted |= Q(teams__id__in=team_ids)
+        users = users.filter(wanted).distinct()
+    roles = dict(users.values_list("id", "role"))
+    members: dict[int, set[int]] = {}
+    if team_ids:
+        memberships = User.teams.through.objects.filter(
+            team_id__in=team_ids, user__is_active=True
+        ).values_list("team_id", "user_id")
+        for team_id, user_id in memberships:
+            members.setdefault(team_id, set()).add(user_id)
+    everyone = sorted(roles)
+    privileged = {pk for pk, role in roles.items() if role in ("admin", "supervisor")}
+    audiences: dict[AudienceKey, list[int]] = {}
+    for key in keys:
+        channel_id, team_id, assignee_id = key
+        if visibility[channel_id] == Visibility.ALL:
+            audiences[key] = everyone
+            continue
+        allowed = set(privileged)
+        if assignee_id and assignee_id in roles:
+            allowed.add(assignee_id)
+        if visibility[channel_id] == Visibility.TEAM:
+            for team in (channels[channel_id].team_id, team_id):
+                if team:
+                    allowed |= members.get(team, set())
+        audiences[key] = sorted(allowed)
+    return audiences
