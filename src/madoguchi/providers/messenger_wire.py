@@ -79,7 +79,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, PlainValidator, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
@@ -96,7 +96,14 @@ from madoguchi.providers.base import (
     SendError,
     StatusUpdate,
 )
-from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel, load_json
+from madoguchi.providers.payloads import (
+    LOCAL_ERROR_CODE,
+    Transient,
+    WireModel,
+    http_error,
+    load_json,
+    local_reason,
+)
 from madoguchi.providers.payloads import network_error as network_error  # re-exported
 from madoguchi.providers.payloads import summarize as _summarize
 from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
@@ -868,23 +875,17 @@ def is_unavailable_error(error: PlatformError) -> bool:
     return error.code == UNAVAILABLE_CODE or error.subcode == UNAVAILABLE_SUBCODE
 
 
-@dataclass(frozen=True)
-class _Transient:
-    scope: Literal["number", "pair", "request"] = "request"
-    retry_after: float | None = None
-
-
 # Codes a retry can fix. Rate limits hold the whole page ("number": Messenger has no finer
 # limit the platform reports); everything unknown is permanent, because retrying a send can
 # double it while a wrongly permanent error only costs a manual resend.
-_TRANSIENT: dict[int, _Transient] = {
-    613: _Transient("number", 30.0),  # Send API rate limit
-    4: _Transient("number", 60.0),  # app-wide call limit
-    17: _Transient("number", 60.0),  # user-level call limit
-    32: _Transient("number", 60.0),  # page-level call limit
-    1: _Transient("request"),  # unknown Graph error
-    2: _Transient("request"),  # service temporarily unavailable
-    1200: _Transient("request"),  # temporary send message failure
+_TRANSIENT: dict[int, Transient] = {
+    613: Transient("number", 30.0),  # Send API rate limit
+    4: Transient("number", 60.0),  # app-wide call limit
+    17: Transient("number", 60.0),  # user-level call limit
+    32: Transient("number", 60.0),  # page-level call limit
+    1: Transient("request"),  # unknown Graph error
+    2: Transient("request"),  # service temporarily unavailable
+    1200: Transient("request"),  # temporary send message failure
 }
 
 _REASONS: dict[int, str] = {
@@ -940,13 +941,7 @@ def classify_error(http_status: int | None, payload: Any) -> SendError:
     """
     graph = _graph_error(payload)
     if graph is None:
-        transient = http_status is None or http_status >= 500 or http_status in (408, 429)
-        title = f"HTTP {http_status}" if http_status is not None else "No response"
-        return SendError(
-            PlatformError(code=LOCAL_ERROR_CODE, title=title),
-            permanent=not transient,
-            http_status=http_status,
-        )
+        return http_error(http_status)
     error = PlatformError(
         code=graph.code,
         title=_CODE_PREFIX.sub("", graph.message) or graph.error_user_title or graph.type,
@@ -957,9 +952,9 @@ def classify_error(http_status: int | None, payload: Any) -> SendError:
     if not (is_window_error(error) or is_unavailable_error(error)):
         rule = _TRANSIENT.get(graph.code)
         if rule is None and graph.error_subcode == TEMPORARY_SUBCODE:
-            rule = _Transient("request")
+            rule = Transient("request")
         if rule is None and graph.is_transient and graph.code not in _REASONS:
-            rule = _Transient("request")  # Meta flags a generic Graph error as retryable
+            rule = Transient("request")  # Meta flags a generic Graph error as retryable
     if rule is None:
         return SendError(error, permanent=True, http_status=http_status)
     return SendError(
@@ -989,12 +984,9 @@ def readable_reason(error: PlatformError) -> str:
         return _REASONS[UNAVAILABLE_CODE]
     if error.subcode == TEMPORARY_SUBCODE:
         return _REASONS[2]
-    if error.code == LOCAL_ERROR_CODE:
-        status = error.title.removeprefix("HTTP ")
-        if status.isdigit() and int(status) < 500 and int(status) not in (408, 429):
-            return f"Messenger refused the request ({error.title}) without an explanation."
-        if error.title:
-            return f"Messenger could not be reached ({error.title}); the message will be retried."
+    local = local_reason(error, "Messenger")
+    if local:
+        return local
     reason = _REASONS.get(error.code)
     if reason:
         return reason

@@ -1,5 +1,6 @@
 """What every ``*_wire`` module does the same way: the base of its validating models, read a
-webhook body as strict JSON, say why a payload failed validation, and name a failed HTTP call.
+webhook body as strict JSON, say why a payload failed validation, and classify and explain a
+failed HTTP call that carried no platform error.
 
 Pure code (no network, no ORM, no Django), like the wire modules that use it.
 """
@@ -10,7 +11,8 @@ import json
 import math
 import re
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
@@ -94,3 +96,42 @@ def network_error(exc_text: str) -> SendError:
         PlatformError(code=LOCAL_ERROR_CODE, title="Network error", details=exc_text),
         permanent=False,
     )
+
+
+@dataclass(frozen=True)
+class Transient:
+    """How a transient platform error is retried: what must wait (``SendError.scope``) and a
+    hint in seconds (``SendError.retry_after``)."""
+
+    scope: Literal["number", "pair", "request"] = "request"
+    retry_after: float | None = None
+
+
+def is_transient_http(http_status: int | None) -> bool:
+    """Without a platform error code: server errors, 408, 429 and no answer at all are
+    retried; any other HTTP status will not get better."""
+    return http_status is None or http_status >= 500 or http_status in (408, 429)
+
+
+def http_error(http_status: int | None) -> SendError:
+    """The SendError of an answer without a readable platform error: LOCAL_ERROR_CODE titled
+    ``HTTP <status>`` ("No response" without one), transient as ``is_transient_http`` says."""
+    title = f"HTTP {http_status}" if http_status is not None else "No response"
+    return SendError(
+        PlatformError(code=LOCAL_ERROR_CODE, title=title),
+        permanent=not is_transient_http(http_status),
+        http_status=http_status,
+    )
+
+
+def local_reason(error: PlatformError, platform: str) -> str | None:
+    """The agent's explanation of an error made here (LOCAL_ERROR_CODE with a title: a refused
+    request or an unreachable ``platform``); None for any other error."""
+    if error.code != LOCAL_ERROR_CODE:
+        return None
+    status = error.title.removeprefix("HTTP ")
+    if status.isdigit() and not is_transient_http(int(status)):
+        return f"{platform} refused the request ({error.title}) without an explanation."
+    if error.title:
+        return f"{platform} could not be reached ({error.title}); the message will be retried."
+    return None

@@ -86,7 +86,13 @@ from madoguchi.providers.base import (
     StatusUpdate,
     SubscriptionUpdate,
 )
-from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel, load_json
+from madoguchi.providers.payloads import (
+    LOCAL_ERROR_CODE,
+    WireModel,
+    http_error,
+    load_json,
+    local_reason,
+)
 from madoguchi.providers.payloads import network_error as network_error  # re-exported
 from madoguchi.providers.payloads import summarize as _summarize
 from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
@@ -800,13 +806,7 @@ def classify_error(http_status: int | None, status: int | None, message: str = "
     code, HTTP 5xx/408/429 (or no answer at all) is transient and anything else permanent.
     """
     if status is None:
-        transient = http_status is None or http_status >= 500 or http_status in (408, 429)
-        title = f"HTTP {http_status}" if http_status is not None else "No response"
-        return SendError(
-            PlatformError(code=LOCAL_ERROR_CODE, title=title),
-            permanent=not transient,
-            http_status=http_status,
-        )
+        return http_error(http_status)
     error = PlatformError(
         code=status, title=STATUS_NAMES.get(status, "generalError"), details=message[:500]
     )
@@ -823,12 +823,9 @@ def classify_error(http_status: int | None, status: int | None, message: str = "
 
 def readable_reason(error: PlatformError) -> str:
     """A short English explanation for agents; falls back to the platform's details or title."""
-    if error.code == LOCAL_ERROR_CODE:
-        status = error.title.removeprefix("HTTP ")
-        if status.isdigit() and int(status) < 500 and int(status) not in (408, 429):
-            return f"Viber refused the request ({error.title}) without an explanation."
-        if error.title:
-            return f"Viber could not be reached ({error.title}); the message will be retried."
+    local = local_reason(error, "Viber")
+    if local:
+        return local
     if error.code == FAILED_CALLBACK_CODE and error.details:
         return f"Viber could not deliver the message: {error.details}"
     reason = _REASONS.get(error.code)

@@ -65,7 +65,14 @@ from madoguchi.providers.base import (
     StatusUpdate,
     TemplateStatusUpdate,
 )
-from madoguchi.providers.payloads import LOCAL_ERROR_CODE, WireModel, load_json
+from madoguchi.providers.payloads import (
+    LOCAL_ERROR_CODE,
+    Transient,
+    WireModel,
+    http_error,
+    load_json,
+    local_reason,
+)
 from madoguchi.providers.payloads import network_error as network_error  # re-exported
 from madoguchi.providers.payloads import summarize as _summarize
 from madoguchi.providers.payloads import timeout_error as timeout_error  # re-exported
@@ -1701,22 +1708,16 @@ def is_window_error(code: int) -> bool:
     return code in WINDOW_ERROR_CODES
 
 
-@dataclass(frozen=True)
-class _Transient:
-    scope: Literal["number", "pair", "request"] = "request"
-    retry_after: float | None = None
-
-
 # Codes a retry can fix, with what must wait. Everything else is permanent: retrying an unknown
 # error risks a duplicate or a ban, while a wrongly permanent error only costs a manual resend.
-_TRANSIENT: dict[int, _Transient] = {
-    130429: _Transient("number", 1.0),  # throughput (mps) reached
-    131057: _Transient("number", 60.0),  # account in maintenance, up to a minute
-    80007: _Transient("number", 60.0),  # WABA rate limit
-    4: _Transient("number", 60.0),  # app-wide API call rate limit
-    131056: _Transient("pair", 6.0),  # one message every 6 s to the same user
-    131000: _Transient("request"),  # unknown error: Meta says retry
-    131016: _Transient("request"),  # service temporarily unavailable
+_TRANSIENT: dict[int, Transient] = {
+    130429: Transient("number", 1.0),  # throughput (mps) reached
+    131057: Transient("number", 60.0),  # account in maintenance, up to a minute
+    80007: Transient("number", 60.0),  # WABA rate limit
+    4: Transient("number", 60.0),  # app-wide API call rate limit
+    131056: Transient("pair", 6.0),  # one message every 6 s to the same user
+    131000: Transient("request"),  # unknown error: Meta says retry
+    131016: Transient("request"),  # service temporarily unavailable
 }
 
 _REASONS: dict[int, str] = {
@@ -1799,13 +1800,7 @@ def classify_error(http_status: int | None, payload: Any) -> SendError:
     """
     graph = _graph_error(payload)
     if graph is None:
-        transient = _http_is_transient(http_status)
-        title = f"HTTP {http_status}" if http_status is not None else "No response"
-        return SendError(
-            PlatformError(code=LOCAL_ERROR_CODE, title=title),
-            permanent=not transient,
-            http_status=http_status,
-        )
+        return http_error(http_status)
     details = graph.error_data.details if graph.error_data else ""
     error = PlatformError(
         code=graph.code,
@@ -1814,7 +1809,7 @@ def classify_error(http_status: int | None, payload: Any) -> SendError:
     )
     rule = _TRANSIENT.get(graph.code)
     if rule is None and graph.is_transient and not _is_known_code(graph.code):
-        rule = _Transient("request")  # Meta flags a generic Graph error as retryable
+        rule = Transient("request")  # Meta flags a generic Graph error as retryable
     if rule is None:
         return SendError(error, permanent=True, http_status=http_status)
     return SendError(
@@ -1824,11 +1819,6 @@ def classify_error(http_status: int | None, payload: Any) -> SendError:
         retry_after=rule.retry_after,
         http_status=http_status,
     )
-
-
-def _http_is_transient(http_status: int | None) -> bool:
-    """Without a Graph error code: server errors, 408, 429 and no answer at all are retried."""
-    return http_status is None or http_status >= 500 or http_status in (408, 429)
 
 
 def _is_known_code(code: int) -> bool:
@@ -1849,12 +1839,9 @@ def readable_reason(error: PlatformError) -> str:
     """A short English explanation for agents; falls back to the platform's details or title."""
     if 200 <= error.code <= 299:
         return _REASONS[10]
-    if error.code == LOCAL_ERROR_CODE:
-        status = error.title.removeprefix("HTTP ")
-        if status.isdigit() and not _http_is_transient(int(status)):
-            return f"WhatsApp refused the request ({error.title}) without an explanation."
-        if error.title:
-            return f"WhatsApp could not be reached ({error.title}); the message will be retried."
+    local = local_reason(error, "WhatsApp")
+    if local:
+        return local
     reason = _REASONS.get(error.code)
     if reason:
         return reason
