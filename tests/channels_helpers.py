@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import FIXTURES, LiveServer, ServedSimulator, free_port
+from tests.helpers import FIXTURES, LiveServer, ServedSimulator, free_port, sign
 
 VIBER_TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"
 VIBER_BOT_ID = "pa:5672893745648271931"
@@ -41,7 +41,8 @@ def viber_signature(body: bytes, token: str = VIBER_TOKEN) -> str:
 
 
 def meta_signature(body: bytes, secret: str = PAGE_APP_SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    """X-Hub-Signature-256 as Meta signs Messenger webhooks (as WhatsApp's, C2)."""
+    return sign(body, secret)
 
 
 def as_body(payload: Any) -> bytes:

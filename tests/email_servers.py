@@ -28,6 +28,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from tests.helpers import free_port
+
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 MAIL_USER = "nobody"
@@ -36,12 +38,6 @@ MAIL_GROUP = "nogroup"
 # The mailbox the ``dovecot`` fixture holds.
 MAILBOX = "support@example.test"
 MAILBOX_PASSWORD = "imap-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, *, up: bool, seconds: float = 10.0) -> None:
