@@ -375,6 +375,12 @@ class SimulatorCore:
                 self._scheduler = Scheduler(self._delivery_workers)
             return self._scheduler
 
+    def _call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the background pool after ``delay`` seconds; dropped once closed."""
+        scheduler = self._sched()
+        if scheduler is not None:
+            scheduler.call_later(delay, fn)
+
     def _attempt(self, url: str | None, secret: str, body: bytes) -> Any:
         """Post ``body`` once to ``url``, signed with ``secret``; never raises: a failure is
         the attempt's ``status`` (an error description), a missing ``url`` gives an attempt
@@ -434,11 +440,7 @@ class SimulatorCore:
             if then is not None:
                 then()
             return
-        scheduler = self._sched()
-        if scheduler is not None:  # None once closed: the retry is dropped
-            scheduler.call_later(
-                self.retry_delays[tries], lambda: self._retry_async(post, then, tries + 1)
-            )
+        self._call_later(self.retry_delays[tries], lambda: self._retry_async(post, then, tries + 1))
 
 
 def post_webhook(

@@ -663,9 +663,7 @@ class MessengerSimulator(HubSignedWebhooks):
             body = self._envelope(page_id, [build()])
             self._deliver_async(url, secret, body, lambda: self._run_chain(page_id, steps[1:]))
 
-        scheduler = self._sched()
-        if scheduler is not None:
-            scheduler.call_later(delay, emit)
+        self._call_later(delay, emit)
 
     # -- the HTTP application ---------------------------------------------------------------
 

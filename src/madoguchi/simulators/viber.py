@@ -625,9 +625,7 @@ class ViberSimulator(SimulatorCore):
                 auth_token, body, lambda: self._run_receipts(auth_token, token, steps[1:])
             )
 
-        scheduler = self._sched()
-        if scheduler is not None:
-            scheduler.call_later(delay, emit)
+        self._call_later(delay, emit)
 
     # -- the HTTP application ---------------------------------------------------------------
 
@@ -812,11 +810,9 @@ class ViberSimulator(SimulatorCore):
         media = body.get("media") if body.get("type") in MEDIA_SEND_TYPES else None
         if isinstance(media, str):
             failed = "failed" in events and self.auto_receipts
-            scheduler = self._sched()
-            if scheduler is not None:
-                scheduler.call_later(
-                    0, lambda: self._fetch_then(account.auth_token, token, media, steps, failed)
-                )
+            self._call_later(
+                0, lambda: self._fetch_then(account.auth_token, token, media, steps, failed)
+            )
         else:
             self._run_receipts(account.auth_token, token, steps)
         return _answer(0, message_token=token, chat_hostname=_hostname(), billing_status=1)

@@ -1439,9 +1439,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 then=lambda: self._run_status_chain(phone_number_id, wamid, steps[1:]),
             )
 
-        scheduler = self._sched()
-        if scheduler is not None:
-            scheduler.call_later(delay, emit)
+        self._call_later(delay, emit)
 
     # -- the HTTP application ---------------------------------------------------------------
 
