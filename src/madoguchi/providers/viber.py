@@ -141,6 +141,14 @@ class ViberProvider(Provider):
             )
         return wire.read_answer(response.status_code, response.content)
 
+    @staticmethod
+    def not_sendable(exc: ValueError) -> SendError:
+        """A send we refuse to make (Viber would refuse it too): permanent, NOT_SENDABLE."""
+        return SendError(
+            PlatformError(code=NOT_SENDABLE, title="Not sendable on Viber", details=str(exc)),
+            permanent=True,
+        )
+
     # -- inbound -------------------------------------------------------------------------
     def handshake(self, query: dict[str, str]) -> tuple[int, str]:
         """Viber has no GET handshake: it checks a webhook with a signed POST (B2)."""
@@ -268,10 +276,7 @@ class ViberProvider(Provider):
         try:
             body = wire.text_body(to, text, sender=self.sender())
         except ValueError as exc:
-            raise SendError(
-                PlatformError(code=NOT_SENDABLE, title="Not sendable on Viber", details=str(exc)),
-                permanent=True,
-            ) from None
+            raise self.not_sendable(exc) from None
         return self.send_body(body)
 
     def media_url(self, path: str) -> str:
@@ -329,10 +334,7 @@ class ViberProvider(Provider):
                 caption=caption,
             )
         except ValueError as exc:
-            raise SendError(
-                PlatformError(code=NOT_SENDABLE, title="Not sendable on Viber", details=str(exc)),
-                permanent=True,
-            ) from None
+            raise self.not_sendable(exc) from None
         return self.send_body(body)
 
     # -- rules ---------------------------------------------------------------------------
