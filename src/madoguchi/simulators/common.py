@@ -20,6 +20,8 @@ import http.client
 import itertools
 import json
 import logging
+import random
+import secrets
 import socket
 import struct
 import threading
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
 import uvicorn
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -49,6 +52,9 @@ __all__ = [
     "WebhookAttempt",
     "bind_socket",
     "encode_payload",
+    "fbtrace_id",
+    "graph_response",
+    "hub_handshake",
     "personas_speaking",
     "post_webhook",
     "serve_asgi_in_thread",
@@ -77,6 +83,44 @@ def sign_payload(body: bytes, app_secret: str) -> str:
     """Return the ``X-Hub-Signature-256`` header value for ``body``: ``sha256=<lowercase hex>``."""
     digest = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
+
+
+def fbtrace_id() -> str:
+    """A trace id shaped like the ``fbtrace_id`` of Graph API errors."""
+    return secrets.token_urlsafe(17)[:23]
+
+
+def graph_response(obj: Any, status_code: int = 200) -> Response:
+    """A Graph API answer: compact, ASCII-escaped JSON."""
+    return Response(
+        json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode(),
+        status_code=status_code,
+        media_type="application/json",
+    )
+
+
+def hub_handshake(
+    url: str, verify_token: str, *, timeout: float, challenge: str | None = None
+) -> bool:
+    """Run Meta's webhook verification against ``url`` (WhatsApp A2, Messenger C1): ``GET
+    ?hub.mode=subscribe&hub.challenge=...&hub.verify_token=...`` (added to the URL's own query);
+    True when the answer is HTTP 200 with the challenge echoed verbatim. Never raises."""
+    challenge = challenge or str(random.randrange(10**9, 10**10))
+    query = urllib.parse.urlencode(
+        {"hub.mode": "subscribe", "hub.challenge": challenge, "hub.verify_token": verify_token}
+    )
+    parts = urllib.parse.urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        sep = "&" if parts.query else ""
+        conn.request("GET", f"{parts.path or '/'}?{parts.query}{sep}{query}")
+        response = conn.getresponse()
+        return response.status == 200 and response.read() == challenge.encode()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,6 +90,9 @@ from .common import (
     WebhookAttempt,
     bind_socket,
     encode_payload,
+    fbtrace_id,
+    graph_response,
+    hub_handshake,
     personas_speaking,
     sign_payload,
     tiny_pdf,
@@ -136,18 +139,6 @@ WINDOW_MESSAGE = (
 )
 
 
-def _fbtrace_id() -> str:
-    return secrets.token_urlsafe(17)[:23]
-
-
-def _json_response(obj: Any, status_code: int = 200) -> Response:
-    return Response(
-        json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode(),
-        status_code=status_code,
-        media_type="application/json",
-    )
-
-
 def _mid() -> str:
     # Current mids are "m_" and about 85 URL-safe characters.
     return "m_" + secrets.token_urlsafe(63)
@@ -180,7 +171,7 @@ class GraphError(Exception):
             error["error_subcode"] = self.subcode
         if self.is_transient:
             error["is_transient"] = True
-        error["fbtrace_id"] = _fbtrace_id()
+        error["fbtrace_id"] = fbtrace_id()
         return {"error": error}
 
 
@@ -527,26 +518,11 @@ class MessengerSimulator(HubSignedWebhooks):
     def verify_subscription(self, page_id: str, verify_token: str) -> bool:
         """Run the C1 handshake against the page's webhook URL; True when the challenge came
         back verbatim with HTTP 200."""
-        import http.client
-
         with self._lock:
             url = self._page(page_id).webhook_url
         if not url:
             return False
-        challenge = str(random.randrange(10**9, 10**10))
-        query = urllib.parse.urlencode(
-            {"hub.mode": "subscribe", "hub.challenge": challenge, "hub.verify_token": verify_token}
-        )
-        parts = urllib.parse.urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
-        try:
-            conn.request("GET", f"{parts.path or '/'}?{query}")
-            response = conn.getresponse()
-            return response.status == 200 and response.read() == challenge.encode()
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        return hub_handshake(url, verify_token, timeout=5)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -690,7 +666,7 @@ class MessengerSimulator(HubSignedWebhooks):
     async def _graph_error_response(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GraphError)
         self._count_error(exc.code)
-        return _json_response(exc.body(), exc.http_status)
+        return graph_response(exc.body(), exc.http_status)
 
     @staticmethod
     def _check_version(request: Request) -> None:
@@ -764,13 +740,13 @@ class MessengerSimulator(HubSignedWebhooks):
             error = GraphError(
                 2, "Service temporarily unavailable", http_status=status, is_transient=True
             )
-            return _json_response(error.body(), status)
+            return graph_response(error.body(), status)
         code = int(fault[1])
         subcode = int(fault[2]) if len(fault) > 2 and fault[2] is not None else None
         status = int(fault[3]) if len(fault) > 3 else (500 if code in (1, 2, 1200) else 400)
         self._count_error(code)
         error = GraphError(code, _FAULT_MESSAGES.get(code, "An error occurred"), subcode=subcode)
-        return _json_response(error.body(), status)
+        return graph_response(error.body(), status)
 
     async def _read_body(self, request: Request) -> tuple[dict[str, Any], _Attachment | None]:
         """The request's fields: a JSON object, or form fields whose object values are JSON
@@ -850,7 +826,7 @@ class MessengerSimulator(HubSignedWebhooks):
             self._stats["sends_accepted"] += 1
             app_id = page.app_id
         self._schedule_receipts(page.page_id, psid, mid, app_id, echoed)
-        return _json_response(answer)
+        return graph_response(answer)
 
     def _echo_message(
         self, message: dict[str, Any], upload: _Attachment | None, answer: dict[str, Any]
@@ -926,7 +902,7 @@ class MessengerSimulator(HubSignedWebhooks):
                 raise unavailable_error()
             self.sender_actions.append((page.page_id, psid, action, self.clock()))
             self._stats["sender_actions"] += 1
-        return _json_response({"recipient_id": psid})
+        return graph_response({"recipient_id": psid})
 
     # -- GET /{object} ------------------------------------------------------------------------
 
@@ -939,7 +915,7 @@ class MessengerSimulator(HubSignedWebhooks):
             is_page = object_id in ("me", "app") or object_id in self._pages
         if message is not None:
             page = self._page_for(request, message.page_id)
-            return _json_response(self._message_json(page, message, fields))
+            return graph_response(self._message_json(page, message, fields))
         if not is_page and object_id.isdigit():
             return await self._profile(request, object_id, fields)
         page = self._page_for(request, object_id)
@@ -949,8 +925,8 @@ class MessengerSimulator(HubSignedWebhooks):
                 "name": page.app_name,
                 "link": "https://www.facebook.com/games/?app_id=0",
             }
-            return _json_response(_select(app, fields or ["id", "name", "link"]))
-        return _json_response(
+            return graph_response(_select(app, fields or ["id", "name", "link"]))
+        return graph_response(
             _select({"id": page.page_id, "name": page.name}, fields or ["id", "name"])
         )
 
@@ -971,7 +947,7 @@ class MessengerSimulator(HubSignedWebhooks):
             self._log_profile(page, psid, asked, exc.http_status)
             raise
         self._log_profile(page, psid, asked, 200)
-        return _json_response(answer)
+        return graph_response(answer)
 
     def _profile_json(self, page: _Page, psid: str, fields: list[str]) -> dict[str, Any]:
         for name in fields:
@@ -1045,8 +1021,8 @@ class MessengerSimulator(HubSignedWebhooks):
         try:
             result = await run_in_threadpool(call, body)
         except (KeyError, TypeError, ValueError) as exc:
-            return _json_response({"error": str(exc)}, 400)
-        return _json_response(result)
+            return graph_response({"error": str(exc)}, 400)
+        return graph_response(result)
 
     async def _ctl_customer_message(self, request: Request) -> Response:
         def call(b: dict[str, Any]) -> dict[str, Any]:
@@ -1108,7 +1084,7 @@ class MessengerSimulator(HubSignedWebhooks):
         try:
             since = int(request.query_params.get("since", "0"))
         except ValueError:
-            return _json_response({"error": "since must be an integer"}, 400)
+            return graph_response({"error": "since must be an integer"}, 400)
         with self._lock:
             start = max(0, since - self._sent_dropped)
             items = [
@@ -1117,10 +1093,10 @@ class MessengerSimulator(HubSignedWebhooks):
                 if page_id is None or s.page_id == page_id
             ]
             nxt = self._sent_dropped + len(self.sent)
-        return _json_response({"data": items, "next": nxt})
+        return graph_response({"data": items, "next": nxt})
 
     async def _ctl_stats(self, request: Request) -> Response:
-        return _json_response(self.stats())
+        return graph_response(self.stats())
 
 
 _FAULT_MESSAGES: dict[int, str] = {

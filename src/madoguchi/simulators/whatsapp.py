@@ -49,7 +49,6 @@ import contextlib
 import copy
 import hashlib
 import hmac
-import http.client
 import itertools
 import json
 import logging
@@ -60,7 +59,6 @@ import secrets
 import struct
 import threading
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +87,9 @@ from .common import (
     WebhookAttempt,
     bind_socket,
     encode_payload,
+    fbtrace_id,
+    graph_response,
+    hub_handshake,
     personas_speaking,
     serve_asgi_in_thread,
     sign_payload,
@@ -324,18 +325,6 @@ def _wamid(wa_id: str, *, inbound: bool) -> str:
     return "wamid." + base64.b64encode(raw).decode()
 
 
-def _fbtrace_id() -> str:
-    return secrets.token_urlsafe(17)[:23]
-
-
-def _json_response(obj: Any, status_code: int = 200) -> Response:
-    return Response(
-        json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode(),
-        status_code=status_code,
-        media_type="application/json",
-    )
-
-
 def _cursor(offset: int) -> str:
     # Graph cursors are base64 with "=" written as "ZD" (e.g. "MjQZD" for offset 24).
     return base64.b64encode(str(offset).encode()).decode().replace("=", "ZD")
@@ -392,7 +381,7 @@ class GraphError(Exception):
         }
         if self.subcode is not None:
             err["error_subcode"] = self.subcode
-        err["fbtrace_id"] = _fbtrace_id()
+        err["fbtrace_id"] = fbtrace_id()
         return {"error": err}
 
     def webhook_error(self) -> dict[str, Any]:
@@ -1267,22 +1256,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
             url = self._number(phone_number_id).webhook_url
         if not url:
             return False
-        challenge = challenge or str(random.randrange(10**9, 10**10))
-        query = urllib.parse.urlencode(
-            {"hub.mode": "subscribe", "hub.challenge": challenge, "hub.verify_token": verify_token}
-        )
-        parts = urllib.parse.urlsplit(url)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=self.webhook_timeout)
-        try:
-            sep = "&" if parts.query else ""
-            conn.request("GET", f"{parts.path or '/'}?{parts.query}{sep}{query}")
-            response = conn.getresponse()
-            return response.status == 200 and response.read() == challenge.encode()
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        return hub_handshake(url, verify_token, timeout=self.webhook_timeout, challenge=challenge)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -1470,7 +1444,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
     async def _graph_error_response(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, GraphError)
         self._count_error(exc.code)
-        return _json_response(exc.body(), exc.http_status)
+        return graph_response(exc.body(), exc.http_status)
 
     @staticmethod
     def _version(request: Request) -> int:
@@ -1555,14 +1529,14 @@ class WhatsAppSimulator(HubSignedWebhooks):
                     "type": "OAuthException",
                     "is_transient": True,
                     "code": 2,
-                    "fbtrace_id": _fbtrace_id(),
+                    "fbtrace_id": fbtrace_id(),
                 }
             }
-            return _json_response(body, status)
+            return graph_response(body, status)
         code = int(fault[1])
         error = GraphError(code, http_status=int(fault[2]) if len(fault) > 2 else None)
         self._count_error(code)
-        return _json_response(error.body(), error.http_status)
+        return graph_response(error.body(), error.http_status)
 
     def _mark_read(self, pnid: str, body: dict[str, Any]) -> Response:
         details = _validate_read_body(body)
@@ -1575,7 +1549,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
             self.reads.append((pnid, body["message_id"], self.clock()))
             self._trim(self.reads)
             self._stats["reads_marked"] += 1
-        return _json_response({"success": True})
+        return graph_response({"success": True})
 
     def _accept_send(self, number: _Number, body: Any, api_major: int) -> Response:
         """Validate, apply the platform rules and accept a send; raises :class:`GraphError`."""
@@ -1636,7 +1610,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 if self.auto_read:
                     steps.append((d_read, "read", None))
             self._run_status_chain(pnid, wamid, steps)
-        return _json_response(
+        return graph_response(
             {
                 "messaging_product": "whatsapp",
                 "contacts": [{"input": to, "wa_id": wa_id}],
@@ -1725,7 +1699,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
         with self._lock:
             media_id = self._store_media(pnid, data, mime, filename)
             self._stats["media_uploaded"] += 1
-        return _json_response({"id": media_id})
+        return graph_response({"id": media_id})
 
     async def _media_download(self, request: Request) -> Response:
         token = request.path_params["token"]
@@ -1739,7 +1713,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
             bearer is None or not any(hmac.compare_digest(bearer, t) for t in allowed)
         ):
             # A11: "If you omit your token, the request will fail".
-            return _json_response(GraphError(190, "Media download requires the token.").body(), 401)
+            return graph_response(GraphError(190, "Media download requires the token.").body(), 401)
         if media is None or expired:
             return Response("Not Found", status_code=404, media_type="text/plain")
         return Response(media.data, media_type=media.mime_type.split(";")[0].strip())
@@ -1777,7 +1751,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
             if method == "DELETE":
                 with self._lock:
                     self._media.pop(object_id, None)
-                return _json_response({"success": True})
+                return graph_response({"success": True})
             if method != "GET":
                 raise self._unknown_object(object_id, method)
             url_token = secrets.token_urlsafe(24)
@@ -1789,7 +1763,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
                     }
                 self._download_tokens[url_token] = (object_id, now + self.media_url_ttl)
             base = str(request.base_url).rstrip("/")
-            return _json_response(
+            return graph_response(
                 {
                     "messaging_product": "whatsapp",
                     "url": f"{base}/media-download/{url_token}",
@@ -1815,13 +1789,13 @@ class WhatsAppSimulator(HubSignedWebhooks):
             if fields:
                 wanted = [f.strip() for f in fields.split(",") if f.strip()]
                 info = {k: v for k, v in info.items() if k in wanted or k == "id"}
-            return _json_response(info)
+            return graph_response(info)
         if template is not None and template_waba is not None:
             self._authorize(request, self._tokens_of_waba(template_waba))
             if method == "GET":
                 fields = _split_fields(request.query_params.get("fields"))
                 with self._lock:
-                    return _json_response(template.as_json(fields))
+                    return graph_response(template.as_json(fields))
             if method == "POST":
                 return self._edit_template(template, await self._json_body(request))
         raise self._unknown_object(object_id, method)
@@ -1841,7 +1815,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 template.category = category
             if "components" in body:
                 template.components = _normalize_components(body["components"])
-        return _json_response({"success": True})
+        return graph_response({"success": True})
 
     # -- /{waba_id}/message_templates ---------------------------------------------------------
 
@@ -1905,7 +1879,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 params["before"] = paging["cursors"]["before"]
                 paging["previous"] = str(request.url.replace_query_params(**params))
             result["paging"] = paging
-        return _json_response(result)
+        return graph_response(result)
 
     def _create_template(self, waba_id: str, body: Any) -> Response:
         if not isinstance(body, dict):
@@ -1953,7 +1927,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
             raise GraphError(
                 100, "Content in this language already exists.", subcode=2388024
             ) from None
-        return _json_response({"id": template_id, "status": "PENDING", "category": category})
+        return graph_response({"id": template_id, "status": "PENDING", "category": category})
 
     def _delete_templates(self, request: Request, waba_id: str) -> Response:
         name = request.query_params.get("name")
@@ -1966,7 +1940,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
             if not doomed:
                 raise GraphError(100, f'Message template "{name}" could not be found.')
             self._templates[waba_id] = [t for t in registry if t not in doomed]
-        return _json_response({"success": True})
+        return graph_response({"success": True})
 
     # -- /_sim control API (unauthenticated: loopback only) ---------------------------------
 
@@ -1982,8 +1956,8 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 timestamp=body.get("timestamp"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            return _json_response({"error": str(exc)}, 400)
-        return _json_response({"id": wamid})
+            return graph_response({"error": str(exc)}, 400)
+        return graph_response({"id": wamid})
 
     async def _ctl_customer_upload(self, request: Request) -> Response:
         body = await self._json_body(request)
@@ -1995,15 +1969,15 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 body.get("filename"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            return _json_response({"error": str(exc)}, 400)
-        return _json_response({"id": media_id})
+            return graph_response({"error": str(exc)}, 400)
+        return graph_response({"id": media_id})
 
     async def _ctl_sent(self, request: Request) -> Response:
         pnid = request.query_params.get("phone_number_id")
         try:
             since = int(request.query_params.get("since", "0"))
         except ValueError:
-            return _json_response({"error": "since must be an integer"}, 400)
+            return graph_response({"error": "since must be an integer"}, 400)
         with self._lock:
             start = max(0, since - self._sent_dropped)
             items = [
@@ -2017,7 +1991,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 if pnid is None or s.phone_number_id == pnid
             ]
             nxt = self._sent_dropped + len(self.sent)
-        return _json_response({"data": items, "next": nxt})
+        return graph_response({"data": items, "next": nxt})
 
     async def _ctl_faults(self, request: Request) -> Response:
         body = await self._json_body(request)
@@ -2025,8 +1999,8 @@ class WhatsAppSimulator(HubSignedWebhooks):
             faults = [tuple(f) for f in body["faults"]]
             self.inject_faults(str(body["phone_number_id"]), faults)
         except (KeyError, TypeError, ValueError) as exc:
-            return _json_response({"error": str(exc)}, 400)
-        return _json_response({"queued": len(faults)})
+            return graph_response({"error": str(exc)}, 400)
+        return graph_response({"queued": len(faults)})
 
     async def _ctl_template_status(self, request: Request) -> Response:
         body = await self._json_body(request)
@@ -2040,11 +2014,11 @@ class WhatsAppSimulator(HubSignedWebhooks):
                 body.get("reason"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            return _json_response({"error": str(exc)}, 400)
-        return _json_response({"success": True})
+            return graph_response({"error": str(exc)}, 400)
+        return graph_response({"success": True})
 
     async def _ctl_stats(self, request: Request) -> Response:
-        return _json_response(self.stats())
+        return graph_response(self.stats())
 
 
 # ---------------------------------------------------------------------------------------------
