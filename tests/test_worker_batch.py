@@ -26,7 +26,8 @@ _ids = count(1)
 @pytest.fixture
 def setup(db: None, users: dict[str, Any]) -> dict[str, Any]:
     """Six WhatsApp channels of one business account, as in bench B3: one visible to all, four
-    visible to one team each, one assigned_only; one agent in each team."""
+    visible to one team each, one assigned_only; one agent in each team, and a deactivated
+    one in the first."""
     from madoguchi.actions.channels import do_create_channel
     from madoguchi.actions.users import do_create_user
     from madoguchi.models import Team
@@ -39,6 +40,10 @@ def setup(db: None, users: dict[str, Any]) -> dict[str, Any]:
         )
         agent.teams.add(team)
         agents.append(agent)
+    gone, _ = do_create_user(None, "gone", role="agent", password="a-long-test-password-1")
+    gone.teams.add(teams[0])
+    gone.is_active = False
+    gone.save(update_fields=["is_active"])
     kinds = [("all", None)] + [("team", t) for t in teams] + [("assigned_only", None)]
     channels = [
         do_create_channel(
@@ -113,13 +118,31 @@ def test_it_applies_a_batch_over_several_channels_in_a_constant_number_of_querie
     store_bodies(channels, 24)
     twenty_four = run_batch(worker, django_capture_on_commit_callbacks)
     assert six == twenty_four
-    # Claim (2), channels, known messages, identities, contacts, identities, window, locked
-    # conversations, conversations, their audit, messages, their audit, summaries, users,
-    # team members, processed (17), plus the test transaction's savepoint and its release.
-    assert one <= six <= 19
+    # Claim (2), channels, known messages, identities, contacts, identities, conversations,
+    # messages, audit rows, audience, processed (12), plus the test transaction's savepoint and
+    # its release.
+    assert one <= six <= 14
     assert Message.objects.count() == 31
     assert Conversation.objects.count() == 31
     assert not RawEvent.objects.filter(processed_at__isnull=True).exists()
+
+    # Returning customers: their window, their locked conversations, their summaries (3 more).
+    returning = [f"4477008{n:05d}" for n in range(6)]
+    store_bodies(channels, 6, senders=returning)
+    run_batch(worker, django_capture_on_commit_callbacks)
+    store_bodies(channels, 6, senders=returning)
+    again = run_batch(worker, django_capture_on_commit_callbacks)
+    store_bodies(channels, 18, senders=returning)
+    assert run_batch(worker, django_capture_on_commit_callbacks) == again <= 17
+    assert Conversation.objects.count() == 37
+    assert (
+        sorted(
+            Conversation.objects.filter(identity__handle__in=returning).values_list(
+                "unread_count", flat=True
+            )
+        )
+        == [5] * 6
+    )
 
 
 def test_it_sends_each_batch_event_only_to_those_who_may_read_it(

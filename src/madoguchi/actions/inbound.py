@@ -665,6 +665,13 @@ def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Messag
         ).select_related("contact", "contact__owner")
         if (i.channel_id, i.handle) in first_of
     }
+    # The window runs from the latest inbound message's timestamp: new identities are created
+    # with theirs, known ones only move forward (conditional UPDATEs, one per contact).
+    latest: dict[tuple[int, str], Any] = {}
+    for (channel_id, _pid), inbound in todo:
+        key, ts = (channel_id, inbound.sender_handle), inbound.timestamp
+        latest[key] = max(latest[key], ts) if key in latest else ts
+    known = list(identities)
     new_keys = [key for key in first_of if key not in identities]
     if new_keys:
         contacts = Contact.objects.bulk_create(
@@ -677,6 +684,7 @@ def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Messag
                     channel=channels[channel_id],
                     handle=handle,
                     profile_name=clean(first_of[(channel_id, handle)].sender_name, 200),
+                    last_inbound_at=latest[(channel_id, handle)],
                 )
                 for contact, (channel_id, handle) in zip(contacts, new_keys, strict=True)
             ]
@@ -691,40 +699,46 @@ def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Messag
             Job.objects.bulk_create(unnamed)
             transaction.on_commit(wakeup.notify)
 
-    # The window start only moves forward (conditional UPDATEs, one per contact).
-    latest: dict[tuple[int, str], Any] = {}
-    earliest: dict[tuple[int, str], Any] = {}
-    for (channel_id, _pid), inbound in todo:
-        key, ts = (channel_id, inbound.sender_handle), inbound.timestamp
-        latest[key] = max(latest[key], ts) if key in latest else ts
-        earliest[key] = min(earliest[key], ts) if key in earliest else ts
     adapt = connection.ops.adapt_datetimefield_value
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            "UPDATE madoguchi_contactidentity SET last_inbound_at = %s WHERE id = %s"
-            " AND (last_inbound_at IS NULL OR last_inbound_at < %s)",
-            [(adapt(ts), identities[k].pk, adapt(ts)) for k, ts in latest.items()],
-        )
+    if known:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE madoguchi_contactidentity SET last_inbound_at = %s WHERE id = %s"
+                " AND (last_inbound_at IS NULL OR last_inbound_at < %s)",
+                [(adapt(latest[k]), identities[k].pk, adapt(latest[k])) for k in known],
+            )
 
     # Their active conversations, locked while they change (PostgreSQL; SQLite's write
     # transaction is exclusive anyway), in id order (two workers lock in the same order), and
     # opened (sticky to the owner) where there is none. The locked rows are current, so the
     # events below are built from them without a re-read.
     by_identity = {i.pk: i for i in identities.values()}
-    active = {
-        c.identity_id: c
-        for c in Conversation.objects.select_for_update(of=("self",))
-        .filter(identity_id__in=list(by_identity))
-        .exclude(status="resolved")
-        .select_related("assignee")
-        .order_by("pk")
-    }
+    active: dict[int, Conversation] = {}
+    if known:
+        active = {
+            c.identity_id: c
+            for c in Conversation.objects.select_for_update(of=("self",))
+            .filter(identity_id__in=[identities[k].pk for k in known])
+            .exclude(status="resolved")
+            .select_related("assignee")
+            .order_by("pk")
+        }
+    # A new conversation is created with its summary (unread count, latest message) as the
+    # batch's messages leave it: only the known ones get the UPDATE below.
+    summary: dict[tuple[int, str], tuple[int, Any, str]] = {}
+    for (channel_id, _pid), m in todo:
+        key = (channel_id, m.sender_handle)
+        count, newest_at, preview = summary.get(key, (0, None, ""))
+        if newest_at is None or m.timestamp > newest_at:
+            newest_at, preview = m.timestamp, clean(m.text)[:PREVIEW_LENGTH]
+        summary[key] = (count + 1, newest_at, preview)
     opened = []
     for key, identity in identities.items():
         if identity.pk in active:
             continue
         channel = channels[key[0]]
         assignee = sticky_assignee(identity.contact)
+        count, newest_at, preview = summary[key]
         opened.append(
             Conversation(
                 channel=channel,
@@ -732,22 +746,23 @@ def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Messag
                 identity=identity,
                 assignee=assignee,
                 team_id=channel.team_id,
-                last_message_at=earliest[key],
+                last_message_at=newest_at,
+                last_message_preview=preview,
+                unread_count=count,
             )
         )
     if opened:
         for conversation in Conversation.objects.bulk_create(opened):
             active[conversation.identity_id] = conversation
-        AuditEvent.objects.bulk_create(
-            [
-                AuditEvent(
-                    action="conversation.created",
-                    conversation=c,
-                    data={"assignee": c.assignee_id, "sticky": c.assignee_id is not None},
-                )
-                for c in opened
-            ]
+    created = {c.pk for c in opened}
+    audit_rows = [
+        AuditEvent(
+            action="conversation.created",
+            conversation=c,
+            data={"assignee": c.assignee_id, "sticky": c.assignee_id is not None},
         )
+        for c in opened
+    ]
     for conversation in active.values():
         identity = by_identity[conversation.identity_id]
         conversation.channel = channels[identity.channel_id]
@@ -818,7 +833,8 @@ def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Messag
         Job.objects.bulk_create(media_jobs)
         transaction.on_commit(wakeup.notify)
     AuditEvent.objects.bulk_create(
-        [
+        audit_rows
+        + [
             AuditEvent(action="message.received", conversation_id=m.conversation_id, message=m)
             for m in messages
         ]
@@ -830,6 +846,8 @@ def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Messag
         per_conversation.setdefault(message.conversation_id, []).append(message)
     updates = []
     for conversation_id, items_of in per_conversation.items():
+        if conversation_id in created:
+            continue  # created with its summary
         row = locked[conversation_id]
         newest = max(items_of, key=lambda m: m.platform_timestamp)
         moves = newest.platform_timestamp >= row.last_message_at
@@ -849,14 +867,15 @@ def do_receive_batch(items: list[tuple[Channel, InboundMessage]]) -> list[Messag
         if row.status == "snoozed":
             row.status = "open"
             row.snoozed_until = None
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            "UPDATE madoguchi_conversation SET unread_count = %s, last_message_at = %s,"
-            " last_message_preview = COALESCE(%s, last_message_preview), status = %s,"
-            " snoozed_until = CASE WHEN status = 'snoozed' THEN NULL ELSE snoozed_until END"
-            " WHERE id = %s",
-            updates,
-        )
+    if updates:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                "UPDATE madoguchi_conversation SET unread_count = %s, last_message_at = %s,"
+                " last_message_preview = COALESCE(%s, last_message_preview), status = %s,"
+                " snoozed_until = CASE WHEN status = 'snoozed' THEN NULL ELSE snoozed_until END"
+                " WHERE id = %s",
+                updates,
+            )
 
     # Real-time events, to the people allowed to see each conversation (one computation for
     # every conversation of the batch).

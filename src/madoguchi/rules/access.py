@@ -145,8 +145,8 @@ def audience_key(conversation: Conversation) -> AudienceKey:
 
 def recipients_for_many(conversations: list[Conversation]) -> dict[AudienceKey, list[int]]:
     """recipients_for of every conversation, by audience_key, sorted: the same sets, in at most
-    two queries whatever the number of conversations and channels (the active users concerned,
-    then the team memberships). Each conversation's ``channel`` must be loaded."""
+    one query whatever the number of conversations and channels (the active users concerned,
+    with their teams). Each conversation's ``channel`` must be loaded."""
     channels = {c.channel_id: c.channel for c in conversations}
     keys = {audience_key(c) for c in conversations}
     if not keys:
@@ -163,14 +163,14 @@ def recipients_for_many(conversations: list[Conversation]) -> dict[AudienceKey, 
         )
         if team_ids:
             wanted |= Q(teams__id__in=team_ids)
-        users = users.filter(wanted).distinct()
-    roles = dict(users.values_list("id", "role"))
+        users = users.filter(wanted)
+    # One row per (user, team), (user, None) for a user in no team: the users concerned and
+    # their memberships in one query.
+    roles: dict[int, str] = {}
     members: dict[int, set[int]] = {}
-    if team_ids:
-        memberships = User.teams.through.objects.filter(
-            team_id__in=team_ids, user__is_active=True
-        ).values_list("team_id", "user_id")
-        for team_id, user_id in memberships:
+    for user_id, role, team_id in users.values_list("id", "role", "teams__id"):
+        roles[user_id] = role
+        if team_id in team_ids:
             members.setdefault(team_id, set()).add(user_id)
     everyone = sorted(roles)
     privileged = {pk for pk, role in roles.items() if role in ("admin", "supervisor")}
