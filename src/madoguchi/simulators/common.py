@@ -367,6 +367,16 @@ class SimulatorCore:
         self.base_url = running.url
         return running
 
+    def serve_forever(self, sock: socket.socket, stop: threading.Event) -> None:
+        """Serve :attr:`app` on ``sock`` in this thread until uvicorn exits (the command line's
+        server, stopped by a signal); then set ``stop`` (the chatters') and close."""
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            stop.set()
+            self.close()
+
     def close(self) -> None:
         """Stop the webhook threads (queued deliveries are dropped) and the HTTP client."""
         with self._lock:

@@ -48,7 +48,8 @@ What it implements, following ``PROTOCOLS.md`` section C (the Messenger contract
   - ``GET /_sim/stats`` → counters
 
 The server plumbing (uvicorn in a thread, the keep-alive webhook poster, the scheduler, token
-buckets, the personas) is shared with the WhatsApp simulator. This module must not import Django.
+buckets, the personas) and Meta's webhook signing and verification GET come from ``common``, shared
+with the WhatsApp simulator. This module must not import Django.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -1414,12 +1414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 target=chatter.run, args=(args.chatter, stop), name=f"chatter-{i}", daemon=True
             ).start()
     print(f"Messenger simulator listening on {sim.base_url}", flush=True)
-    config = uvicorn.Config(sim.app, log_level="warning", access_log=False, lifespan="off")
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        stop.set()
-        sim.close()
+    sim.serve_forever(sock, stop)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -1204,12 +1203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 daemon=True,
             ).start()
     print(f"Viber simulator listening on {sim.base_url}", flush=True)
-    config = uvicorn.Config(sim.app, log_level="warning", access_log=False, lifespan="off")
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        stop.set()
-        sim.close()
+    sim.serve_forever(sock, stop)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -2541,12 +2540,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             ).start()
     port = sock.getsockname()[1]
     print(f"WhatsApp simulator listening on http://{args.host}:{port}", flush=True)
-    config = uvicorn.Config(sim.app, log_level="warning", access_log=False, lifespan="off")
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        stop.set()
-        sim.close()
+    sim.serve_forever(sock, stop)
 
 
 if __name__ == "__main__":
