@@ -36,12 +36,12 @@ def test_it_marks_a_message_resent_after_an_attempt_that_reached_the_platform(
     from madoguchi.tasks import SENDING
 
     message = check_send_text(users["aiko"], conversation, "once, we hope")
-    original = outbound.do_record_sent
+    original = outbound.do_commit_platform_id
 
     def die(*args, **kwargs):
         raise WorkerDied
 
-    monkeypatch.setattr(outbound, "do_record_sent", die)
+    monkeypatch.setattr(outbound, "do_commit_platform_id", die)
     with pytest.raises(WorkerDied):
         worker.run_until_idle()
     job = Job.objects.get(kind="send_message")
@@ -49,7 +49,7 @@ def test_it_marks_a_message_resent_after_an_attempt_that_reached_the_platform(
     assert len(sim.sent_to(CUSTOMER)) == 1
     assert Message.objects.get(pk=message.pk).status == "queued"
 
-    monkeypatch.setattr(outbound, "do_record_sent", original)
+    monkeypatch.setattr(outbound, "do_commit_platform_id", original)
     Job.objects.filter(pk=job.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
     run_worker_until(worker, lambda: Message.objects.get(pk=message.pk).status != "queued")
 

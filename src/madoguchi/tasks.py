@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,14 @@ from madoguchi.actions.contacts import do_update_profile
 from madoguchi.actions.media import do_record_media
 from madoguchi.media_links import public_media_url
 from madoguchi.models import Channel, ContactIdentity, Job, Message, Throttle
-from madoguchi.providers.base import MediaRef, MediaTooLarge, PlatformError, SendError
+from madoguchi.providers.base import (
+    MediaRef,
+    MediaTooLarge,
+    PlatformError,
+    Provider,
+    SendError,
+    SentMessage,
+)
 from madoguchi.providers.payloads import timeout_error
 from madoguchi.providers.registry import provider_for
 from madoguchi.queries.threads import send_context
@@ -66,26 +74,51 @@ SENDING = "sending: the platform may have accepted this attempt"
 TIMEOUT = timeout_error().error  # a call whose answer never came: the same uncertainty
 
 
-def reserve_send_slot(channel: Channel, job: Job | None = None) -> float:
-    """Pace sends per business number (``outbound_mps``) across every worker.
+def reserve_send_slots(channel: Channel, count: int, *, marking: Job | None = None) -> list[float]:
+    """Pace sends per business number (``outbound_mps``) across every worker: reserve up to
+    ``count`` consecutive slots on the number in one transaction (which also marks ``marking``
+    SENDING when its slot is taken).
 
-    Returns 0 or the seconds to sleep (at most MAX_PACING_SLEEP) before sending in the slot
-    just reserved; raises Reschedule (not counted as an attempt, no slot taken) when the next
-    free slot is further away than that."""
+    Returns the start time (unix seconds) of each reserved slot: only slots starting within
+    MAX_PACING_SLEEP from now are taken, so the list may be shorter than ``count`` (empty when
+    the number is busy further than that)."""
     interval = 1.0 / max(channel.outbound_mps, 1)
     now = time.time()
     with transaction.atomic():
         throttle, _created = Throttle.objects.select_for_update().get_or_create(
             name=f"channel:{channel.pk}"
         )
-        slot = max(throttle.next_free, now)
-        if slot - now <= MAX_PACING_SLEEP:
-            throttle.next_free = slot + interval
+        first = max(throttle.next_free, now)
+        room = int((now + MAX_PACING_SLEEP - first) // interval) + 1
+        slots = [first + i * interval for i in range(max(0, min(room, count)))]
+        if slots:
+            throttle.next_free = slots[-1] + interval
             throttle.save(update_fields=["next_free"])
-            if job is not None:
-                Job.objects.filter(pk=job.pk).update(last_error=SENDING)
-            return slot - now
-    raise Reschedule(slot - now, "pacing", counts_as_attempt=False)
+            if marking is not None:
+                Job.objects.filter(pk=marking.pk).update(last_error=SENDING)
+    return slots
+
+
+def pacing(channel: Channel) -> Reschedule:
+    """Not sent now: the number's next free slot is further than MAX_PACING_SLEEP away."""
+    throttle = Throttle.objects.filter(name=f"channel:{channel.pk}").first()
+    delay = max((throttle.next_free if throttle else 0.0) - time.time(), 0.0)
+    return Reschedule(delay, "pacing", counts_as_attempt=False)
+
+
+# Send jobs of a batch marked SENDING together, just before the first of them is sent: fewer
+# statements than one per send, and a kill marks at most this many that were not sent.
+MARK_AHEAD = 8
+
+
+def reserve_send_slot(channel: Channel, job: Job | None = None) -> float:
+    """One send's slot (reserve_send_slots): returns 0 or the seconds to sleep (at most
+    MAX_PACING_SLEEP) before sending in it; raises Reschedule (not counted as an attempt, no
+    slot taken) when the next free slot is further away than that."""
+    slots = reserve_send_slots(channel, 1, marking=job)
+    if not slots:
+        raise pacing(channel)
+    return max(slots[0] - time.time(), 0.0)
 
 
 def hold_number(channel: Channel, seconds: float) -> None:
@@ -98,21 +131,20 @@ def hold_number(channel: Channel, seconds: float) -> None:
         throttle.save(update_fields=["next_free"])
 
 
-def send_message(job: Job, message_id: int) -> None:
-    message = (
-        Message.objects.select_related("conversation__identity", "channel")
-        .filter(pk=message_id)
-        .first()
-    )
-    if message is None or message.status != "queued" or message.platform_message_id:
-        return  # already sent (or deleted): sending again would double it
-    channel = message.channel
-    interrupted = job.attempts > 1 and job.last_error == SENDING
-    wait = reserve_send_slot(channel, job)
-    if wait > 0:
-        time.sleep(wait)
-    provider = provider_for(channel)
+def load_messages(ids: list[int]) -> dict[int, Message]:
+    """Messages to send, with what a send reads (identity, channel), by id: one query."""
+    return Message.objects.select_related("conversation__identity", "channel").in_bulk(ids)
+
+
+def sendable(message: Message | None) -> bool:
+    """Still to send: not deleted, not sent or failed meanwhile (sending again would double)."""
+    return message is not None and message.status == "queued" and not message.platform_message_id
+
+
+def call_platform(provider: Provider, message: Message) -> SentMessage:
+    """Send ``message`` (network I/O: never inside a transaction). Raises SendError."""
     caps = provider.capabilities
+    channel = message.channel
     identity = message.conversation.identity
     to = identity.handle
     # The window as of now: a send outside the ordinary window carries its tag (Messenger's
@@ -126,51 +158,164 @@ def send_message(job: Job, message_id: int) -> None:
         options=channel.options,
         subscribed=identity.subscribed,
     ).tag
+    if message.kind == "template":
+        return provider.send_template(to, message.data["template"])
+    if message.kind in outbound.MEDIA_KINDS:
+        # A platform that downloads media itself (Viber) gets a signed, expiring link.
+        by_url = {"media_url": public_media_url(message)} if caps.media_by_url else {}
+        return provider.send_media(
+            to,
+            message.kind,
+            message.media_path,
+            message.media_mime,
+            filename=message.media_filename,
+            caption=message.data.get("caption", ""),
+            reply_to=message.reply_to_platform_id or None,
+            tag=tag,
+            context=context,
+            **by_url,
+        )
+    return provider.send_text(
+        to,
+        message.text,
+        reply_to=message.reply_to_platform_id or None,
+        tag=tag,
+        context=context,
+    )
+
+
+def refused(job: Job, message: Message, exc: SendError) -> Reschedule | None:
+    """The platform refused a send: record a permanent refusal (or the last attempt) on the
+    message and return None; otherwise return the Reschedule for the job, holding the whole
+    number first when the refusal says its throughput is exhausted."""
+    if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
+        outbound.do_record_failure(message.pk, exc.error)
+        return None
+    if exc.scope == "pair":
+        # Meta: after 131056 retry in 4^X seconds, X from 0. Only this recipient waits (its
+        # later messages queue behind this one); other recipients go on.
+        delay = settings.PAIR_RETRY_BASE_SECONDS * 4 ** min(job.attempts - 1, 5)
+    elif exc.retry_after is not None:
+        delay = exc.retry_after
+    else:
+        delay = retry_delay(job.attempts)
+    if exc.scope == "number":
+        hold_number(message.channel, delay)
+    reason = f"{exc.error.code} {exc.error.title}"
+    if (exc.error.code, exc.error.title) == (TIMEOUT.code, TIMEOUT.title):
+        reason = SENDING  # the answer was lost, not the request: the retry is marked
+    return Reschedule(delay, reason)
+
+
+def interrupted(job: Job) -> bool:
+    """An earlier attempt of this job stopped after the platform may have accepted the send."""
+    return job.attempts > 1 and job.last_error == SENDING
+
+
+def send_message(job: Job, message_id: int) -> None:
+    message = load_messages([message_id]).get(message_id)
+    if not sendable(message):
+        return
+    maybe_twice = interrupted(job)
+    wait = reserve_send_slot(message.channel, job)
+    if wait > 0:
+        time.sleep(wait)
     try:
-        if message.kind == "template":
-            sent = provider.send_template(to, message.data["template"])
-        elif message.kind in outbound.MEDIA_KINDS:
-            # A platform that downloads media itself (Viber) gets a signed, expiring link.
-            by_url = {"media_url": public_media_url(message)} if caps.media_by_url else {}
-            sent = provider.send_media(
-                to,
-                message.kind,
-                message.media_path,
-                message.media_mime,
-                filename=message.media_filename,
-                caption=message.data.get("caption", ""),
-                reply_to=message.reply_to_platform_id or None,
-                tag=tag,
-                context=context,
-                **by_url,
-            )
-        else:
-            sent = provider.send_text(
-                to,
-                message.text,
-                reply_to=message.reply_to_platform_id or None,
-                tag=tag,
-                context=context,
-            )
+        sent = call_platform(provider_for(message.channel), message)
     except SendError as exc:
-        if exc.permanent or job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
-            outbound.do_record_failure(message.pk, exc.error)
-            return
-        if exc.scope == "pair":
-            # Meta: after 131056 retry in 4^X seconds, X from 0. Only this recipient waits (its
-            # later messages queue behind this one); other recipients go on.
-            delay = settings.PAIR_RETRY_BASE_SECONDS * 4 ** min(job.attempts - 1, 5)
-        elif exc.retry_after is not None:
-            delay = exc.retry_after
+        again = refused(job, message, exc)
+        if again is not None:
+            raise again from None
+        return
+    outbound.do_record_sent(message.pk, sent, maybe_twice=maybe_twice)
+
+
+def send_messages(
+    jobs: list[Job], *, still_ours: Callable[[list[Job]], list[Job]]
+) -> dict[int, BaseException]:
+    """Run a batch of ``send_message`` jobs, claimed together (at most one per recipient: the
+    claim leaves a key's later jobs for later). Returns ``{job id: exception}`` for the jobs that
+    did not finish (a Reschedule, or an unexpected error with its traceback text as
+    ``exc.trace``) for the worker to settle; the finished ones are deleted here.
+
+    One query loads the messages, one transaction per number reserves the batch's slots on it,
+    one UPDATE marks the next MARK_AHEAD jobs SENDING before their calls (a killed batch marks
+    at most that many messages that never left as maybe sent twice), each send commits its platform id right after the platform's answer (the window for a
+    double send is as narrow as for a single job), and one transaction writes the audit rows,
+    the events and deletes the finished jobs. ``jobs`` were just claimed or renewed;
+    ``still_ours`` is asked before each send with the jobs left: it renews their leases when
+    due and returns those not taken over meanwhile (never send a job we lost)."""
+    messages = load_messages([job.args["message_id"] for job in jobs])
+    outcomes: dict[int, BaseException] = {}
+    finished: list[Job] = []
+    by_channel: dict[int, list[tuple[Job, Message]]] = {}
+    for job in jobs:
+        message = messages.get(job.args["message_id"])
+        if sendable(message):
+            by_channel.setdefault(message.channel_id, []).append((job, message))
         else:
-            delay = retry_delay(job.attempts)
-        if exc.scope == "number":
-            hold_number(channel, delay)
-        reason = f"{exc.error.code} {exc.error.title}"
-        if (exc.error.code, exc.error.title) == (TIMEOUT.code, TIMEOUT.title):
-            reason = SENDING  # the answer was lost, not the request: the retry is marked
-        raise Reschedule(delay, reason) from None
-    outbound.do_record_sent(message.pk, sent, maybe_twice=interrupted)
+            finished.append(job)
+    planned: list[tuple[float, Job, Message, bool]] = []
+    for group in by_channel.values():
+        channel = group[0][1].channel
+        slots = reserve_send_slots(channel, len(group))
+        for (job, message), slot in zip(group, slots, strict=False):
+            planned.append((slot, job, message, interrupted(job)))
+        if len(slots) < len(group):
+            later = pacing(channel)
+            outcomes.update((job.pk, later) for job, _message in group[len(slots) :])
+    planned.sort(key=lambda p: p[0])
+    providers: dict[int, Provider] = {}
+    held: dict[int, Reschedule] = {}  # numbers the platform told to wait
+    recorded: list[tuple[int, SentMessage, bool]] = []
+    marked: set[int] = set()
+    try:
+        for index, (slot, job, message, maybe_twice) in enumerate(planned):
+            if message.channel_id in held:
+                outcomes[job.pk] = held[message.channel_id]
+                continue
+            if job not in still_ours([rest for _s, rest, _m, _t in planned[index:]]):
+                log.info("job %s was taken over by another worker; skipped", job.pk)
+                continue
+            if job.pk not in marked:  # before its call, with the next few: see SENDING
+                ahead = [rest.pk for _s, rest, _m, _t in planned[index : index + MARK_AHEAD]]
+                Job.objects.filter(pk__in=ahead).update(last_error=SENDING)
+                marked.update(ahead)
+            wait = slot - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            if message.channel_id not in providers:
+                providers[message.channel_id] = provider_for(message.channel)
+            provider = providers[message.channel_id]
+            try:
+                sent = call_platform(provider, message)
+            except SendError as exc:
+                again = refused(job, message, exc)
+                if again is None:
+                    finished.append(job)
+                    continue
+                outcomes[job.pk] = again
+                if exc.scope == "number":
+                    held[message.channel_id] = Reschedule(
+                        again.delay, "pacing", counts_as_attempt=False
+                    )
+                continue
+            except Exception as exc:
+                exc.trace = traceback.format_exc(limit=5)  # type: ignore[attr-defined]
+                outcomes[job.pk] = exc
+                continue
+            outbound.do_commit_platform_id(message.pk, sent)
+            recorded.append((message.pk, sent, maybe_twice))
+            finished.append(job)
+    finally:
+        # what was sent is recorded even if a later step of the batch failed
+        with transaction.atomic():
+            outbound.do_record_sent_batch(recorded)
+            if finished:  # claimed together: one claimant
+                Job.objects.filter(
+                    pk__in=[job.pk for job in finished], claimed_by=finished[0].claimed_by
+                ).delete()
+    return outcomes
 
 
 def fetch_media(job: Job, message_id: int) -> None:

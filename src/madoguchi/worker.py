@@ -34,7 +34,7 @@ from madoguchi.models import Channel, Job, RawEvent
 from madoguchi.providers.base import InboundMessage
 from madoguchi.providers.registry import provider_class, provider_for
 from madoguchi.realtime import wakeup
-from madoguchi.tasks import HANDLERS, Reschedule, give_up, retry_delay
+from madoguchi.tasks import HANDLERS, Reschedule, give_up, retry_delay, send_messages
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ RAW_EVENT_MAX_ATTEMPTS = 20
 # Bodies claimed and applied together on the busy path: a batch's fixed cost (claims, lookups,
 # one commit) is shared by more messages, while one batch stays a fraction of a second.
 RAW_EVENT_BATCH = 250
+# Jobs claimed together; their sends run as one batch (tasks.send_messages), which shares the
+# batch's fixed statements (claim, lease, load, pacing, audit, deletion) among its sends. Not
+# more: a killed worker's batch (and each recipient's later sends) waits for the lease to end.
+JOB_BATCH = 20
 
 
 def lease_free(now) -> Q:
@@ -159,6 +163,24 @@ class Worker:
             .update(lease_until=now + self.lease)
         )
 
+    def renew_leases(self, jobs: list[Job]) -> list[Job]:
+        """renew_lease for many jobs: one UPDATE, one read of the rows that carry the new lease;
+        returns the jobs still ours, in order."""
+        if not jobs:
+            return []
+        now = timezone.now()
+        until = now + self.lease
+        ids = [job.pk for job in jobs]
+        Job.objects.filter(pk__in=ids, claimed_by=self.name[:64], lease_until__gt=now).update(
+            lease_until=until
+        )
+        kept = set(
+            Job.objects.filter(
+                pk__in=ids, claimed_by=self.name[:64], lease_until=until
+            ).values_list("pk", flat=True)
+        )
+        return [job for job in jobs if job.pk in kept]
+
     def run_job(self, job: Job) -> None:
         if self.pause_after_claim:
             time.sleep(self.pause_after_claim)
@@ -170,33 +192,63 @@ class Worker:
             log.error("job %s has unknown kind %r; dropped", job.pk, job.kind)
             Job.objects.filter(pk=job.pk).delete()
             return
-        mine = Job.objects.filter(pk=job.pk, claimed_by=job.claimed_by)
         try:
             handler(job, **job.args)
-        except Reschedule as again:
+        except Exception as exc:
+            self.settle(job, exc, traceback.format_exc(limit=5))
+            return
+        Job.objects.filter(pk=job.pk, claimed_by=job.claimed_by).delete()
+
+    def run_send_jobs(self, jobs: list[Job]) -> None:
+        """Claimed ``send_message`` jobs, run together (tasks.send_messages): the leases are
+        renewed for the batch, then again whenever half the lease has gone by before a send."""
+        if self.pause_after_claim:
+            time.sleep(self.pause_after_claim)
+        held = self.renew_leases(jobs)
+        lost = {job.pk for job in jobs} - {job.pk for job in held}
+        renewed = time.monotonic()
+
+        def still_ours(left: list[Job]) -> list[Job]:
+            nonlocal renewed
+            if time.monotonic() - renewed > self.lease.total_seconds() / 2:
+                kept = {job.pk for job in self.renew_leases(left)}
+                lost.update(job.pk for job in left if job.pk not in kept)
+                renewed = time.monotonic()
+            return [job for job in left if job.pk not in lost]
+
+        for pk in lost:
+            log.info("job %s was taken over by another worker; skipped", pk)
+        outcomes = send_messages(held, still_ours=still_ours)
+        for job in held:
+            if job.pk in outcomes:
+                exc = outcomes[job.pk]
+                self.settle(job, exc, getattr(exc, "trace", "") or repr(exc))
+
+    def settle(self, job: Job, exc: BaseException, trace: str) -> None:
+        """A job that did not finish: ``Reschedule`` sets it up again as asked; any other error
+        is retried later with back-off, and given up after MADOGUCHI_SEND_MAX_ATTEMPTS."""
+        mine = Job.objects.filter(pk=job.pk, claimed_by=job.claimed_by)
+        if isinstance(exc, Reschedule):
             update = {
-                "run_at": timezone.now() + timedelta(seconds=again.delay),
+                "run_at": timezone.now() + timedelta(seconds=exc.delay),
                 "lease_until": None,
-                "last_error": again.reason[:2000],
+                "last_error": exc.reason[:2000],
             }
-            if not again.counts_as_attempt:  # waiting for a slot is not a failure
+            if not exc.counts_as_attempt:  # waiting for a slot is not a failure
                 update["attempts"] = F("attempts") - 1
             mine.update(**update)
             return
-        except Exception:
-            log.exception("job %s (%s) failed", job.pk, job.kind)
-            if job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
-                # A bug, not bad luck: stop retrying so later jobs with the same key can run,
-                # and let the handler's owner record the failure where people will see it.
-                give_up(job, traceback.format_exc(limit=5))
-                return
-            mine.update(
-                run_at=timezone.now() + timedelta(seconds=retry_delay(job.attempts)),
-                lease_until=None,
-                last_error=traceback.format_exc(limit=5)[:2000],
-            )
+        log.error("job %s (%s) failed: %s", job.pk, job.kind, trace)
+        if job.attempts >= settings.MADOGUCHI_SEND_MAX_ATTEMPTS:
+            # A bug, not bad luck: stop retrying so later jobs with the same key can run,
+            # and let the handler's owner record the failure where people will see it.
+            give_up(job, trace)
             return
-        mine.delete()
+        mine.update(
+            run_at=timezone.now() + timedelta(seconds=retry_delay(job.attempts)),
+            lease_until=None,
+            last_error=trace[:2000],
+        )
 
     # -- scheduling ----------------------------------------------------------------------
     def run_schedules(self) -> None:
@@ -271,10 +323,14 @@ class Worker:
         raws = self.claim_raw_events(limit=RAW_EVENT_BATCH)
         self.process_raw_events(raws)
         done += len(raws)
-        for job in self.claim_jobs():
-            self.run_job(job)
-            done += 1
-        return done
+        jobs = self.claim_jobs(limit=JOB_BATCH)
+        sends = [job for job in jobs if job.kind == "send_message"]
+        if sends:
+            self.run_send_jobs(sends)
+        for job in jobs:
+            if job.kind != "send_message":
+                self.run_job(job)
+        return done + len(jobs)
 
     def run_until_idle(self, timeout: float = 10.0) -> int:
         """Tests: run until nothing is due (jobs scheduled later are left alone)."""

@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 from madoguchi.errors import Conflict, Forbidden, Invalid, NotFound
 from madoguchi.models import (
     STATUS_RANK,
+    AuditEvent,
     Channel,
     Contact,
     ContactIdentity,
@@ -408,38 +409,81 @@ def advance_status(message: Message, status: str, error: PlatformError | None = 
 STATUS_FIELDS = ["status", "error_code", "error_title", "error_details", "data"]
 
 
-def do_record_sent(message_id: int, sent: SentMessage, *, maybe_twice: bool = False) -> Message:
-    """The platform accepted the message: queued -> sent, with its platform id.
+def do_commit_platform_id(message_id: int, sent: SentMessage) -> None:
+    """The platform accepted the message: commit its platform id (and ``sent``, from ``queued``
+    only: statuses never go back) at once, by one statement of its own.
 
     WhatsApp has no idempotency key: until the platform id is committed, a worker killed now
-    would send the message again when its job comes back. So the id (and ``sent``, from
-    ``queued`` only: statuses never go back) is committed first, by one statement of its own;
-    the audit row and the event follow in a second transaction. ``maybe_twice``: this send
-    followed an attempt interrupted after the platform was called (tasks.SENDING); the message
-    is marked ``data.maybe_sent_twice`` and the audit row says so, so a double is never silent."""
+    would send the message again when its job comes back. The audit row and the event follow
+    (do_record_sent_batch)."""
     platform_id = sent.platform_message_id
     moved = Message.objects.filter(pk=message_id, status="queued").update(
         platform_message_id=platform_id, status="sent"
     )
     if not moved:  # failed meanwhile (given up): keep its status, remember the id all the same
         Message.objects.filter(pk=message_id).update(platform_message_id=platform_id)
+
+
+def do_record_sent_batch(sends: list[tuple[int, SentMessage, bool]]) -> list[Message]:
+    """The audit rows and events of sends whose platform ids are committed
+    (do_commit_platform_id): ``(message id, answer, maybe_twice)`` each, in one transaction
+    (the caller's, when it has one): one read of the messages, one of their audiences, one
+    INSERT of the audit rows. ``maybe_twice``: this send followed an attempt interrupted after
+    the platform was called (tasks.SENDING); the message is marked ``data.maybe_sent_twice`` and
+    the audit row says so, so a double is never silent. Messages deleted meanwhile are
+    skipped."""
+    if not sends:
+        return []
     with transaction.atomic():
-        # what the audit row and the event read: the author, the conversation and its channel
-        message = Message.objects.select_related("author", "conversation__channel").get(
-            pk=message_id
+        # what the audit rows and the events read: the author, the conversation and its channel
+        messages = Message.objects.select_related("author", "conversation__channel").in_bulk(
+            [message_id for message_id, _sent, _twice in sends]
         )
-        if maybe_twice:
-            message.data = {**message.data, "maybe_sent_twice": True}
-            message.save(update_fields=["data"])
-        audit.record(
-            "message.sent",
-            conversation=message.conversation,
-            message=message,
-            platform_id=platform_id,
-            **({"maybe_sent_twice": True} if maybe_twice else {}),
-        )
-        publish_message(message, message.conversation, op="update")
-    return message
+        audiences = access.recipients_for_many([m.conversation for m in messages.values()])
+        rows: list[AuditEvent] = []
+        recorded: list[Message] = []
+        for message_id, sent, maybe_twice in sends:
+            message = messages.get(message_id)
+            if message is None:
+                continue
+            if maybe_twice:
+                message.data = {**message.data, "maybe_sent_twice": True}
+                message.save(update_fields=["data"])
+            conversation = message.conversation
+            rows.append(
+                AuditEvent(
+                    action="message.sent",
+                    conversation=conversation,
+                    message=message,
+                    data={
+                        "platform_id": sent.platform_message_id,
+                        **({"maybe_sent_twice": True} if maybe_twice else {}),
+                    },
+                )
+            )
+            publish_on_commit(
+                {
+                    "type": "message",
+                    "op": "update",
+                    "conversation_id": conversation.pk,
+                    "assignee_id": conversation.assignee_id,
+                    "message": message_json(message),
+                },
+                audiences[access.audience_key(conversation)],
+            )
+            recorded.append(message)
+        AuditEvent.objects.bulk_create(rows)  # audit.record, for many rows at once
+    return recorded
+
+
+def do_record_sent(message_id: int, sent: SentMessage, *, maybe_twice: bool = False) -> Message:
+    """The platform accepted the message: queued -> sent, with its platform id committed first
+    (do_commit_platform_id), then the audit row and the event (do_record_sent_batch)."""
+    do_commit_platform_id(message_id, sent)
+    recorded = do_record_sent_batch([(message_id, sent, maybe_twice)])
+    if not recorded:
+        raise NotFound(_("No such message."))
+    return recorded[0]
 
 
 def do_record_failure(message_id: int, error: PlatformError) -> Message:

@@ -1,0 +1,133 @@
+"""Sends claimed together run as one batch (tasks.send_messages): per-recipient order, pacing,
+failures, and the statements a send costs."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from madoguchi.models import AuditEvent, Job, Message
+from tests.helpers import PHONE_NUMBER_ID, WABA_ID, run_worker_until
+
+CUSTOMERS = ["819011110001", "819011110002", "819011110003"]
+
+
+@pytest.fixture
+def conversations(sim, worker, users):
+    """Three customers wrote; Aiko owns their conversations."""
+    from madoguchi.actions.conversations import check_claim
+    from madoguchi.models import Conversation
+
+    for n, wa_id in enumerate(CUSTOMERS):
+        sim.customer_sends(wa_id, f"Customer {n}", "hello")
+    worker.run_until_idle()
+    return [
+        check_claim(users["aiko"], Conversation.objects.get(identity__handle=wa_id))
+        for wa_id in CUSTOMERS
+    ]
+
+
+def queue_interleaved(users, conversations, per_recipient: int) -> dict[str, list[int]]:
+    """``per_recipient`` texts to each conversation, queued round-robin; ids by recipient."""
+    from madoguchi.actions.outbound import check_send_text
+
+    queued: dict[str, list[int]] = {wa_id: [] for wa_id in CUSTOMERS}
+    for i in range(per_recipient):
+        for wa_id, conversation in zip(CUSTOMERS, conversations, strict=True):
+            message = check_send_text(users["aiko"], conversation, f"{wa_id} #{i}")
+            queued[wa_id].append(message.pk)
+    return queued
+
+
+def test_it_keeps_each_recipients_order_and_the_numbers_pace_in_batches(
+    sim, server, worker, users, conversations, events
+):
+    sim.simulator.add_number(
+        phone_number_id=PHONE_NUMBER_ID,
+        waba_id=WABA_ID,
+        display_phone_number="15550783881",
+        access_token="test-access-token",
+        app_secret="test-app-secret-0123456789",
+        webhook_url=f"{server.url}{sim.channel.webhook_path}",
+        mps=10,
+    )
+    sim.channel.outbound_mps = 10
+    sim.channel.save(update_fields=["outbound_mps"])
+    queued = queue_interleaved(users, conversations, per_recipient=4)
+    ids = [pk for pks in queued.values() for pk in pks]
+    run_worker_until(
+        worker,
+        lambda: (
+            not Message.objects.filter(pk__in=ids)
+            .exclude(status__in=["sent", "delivered", "read"])
+            .exists()
+        ),
+        timeout=30,
+    )
+    for wa_id in CUSTOMERS:
+        texts = [s.body["text"]["body"] for s in sim.sent_to(wa_id)]
+        assert texts == [f"{wa_id} #{i}" for i in range(4)]  # in order, each once
+    errors = sim.simulator.stats()["errors_by_code"]
+    assert not errors.get(130429) and not errors.get("130429")  # paced across the batch
+    assert AuditEvent.objects.filter(action="message.sent", message_id__in=ids).count() == 12
+    updates = [e for e, _r in events.of_type("message") if e["op"] == "update"]
+    assert {e["message"]["id"] for e in updates if e["message"]["status"] == "sent"} == set(ids)
+    assert not Job.objects.filter(kind="send_message").exists()
+
+
+def test_it_records_a_permanent_failure_and_sends_the_rest_of_the_batch(
+    sim, worker, users, conversations
+):
+    queued = queue_interleaved(users, conversations, per_recipient=1)
+    # the batch's first send (the first queued) is refused for good
+    sim.simulator.inject_faults(PHONE_NUMBER_ID, [("graph", 131026)])
+    worker.run_once()  # one claim: the three sends are one batch
+    failed = Message.objects.get(pk=queued[CUSTOMERS[0]][0])
+    assert failed.status == "failed" and failed.error_code == 131026
+    assert AuditEvent.objects.filter(action="message.failed", message=failed).exists()
+    for wa_id in CUSTOMERS[1:]:
+        message = Message.objects.get(pk=queued[wa_id][0])
+        assert message.status == "sent"
+        assert message.platform_message_id == sim.sent_to(wa_id)[0].wamid
+    assert sim.sent_to(CUSTOMERS[0]) == []
+    assert not Job.objects.filter(kind="send_message").exists()
+
+
+def test_it_holds_the_rest_of_a_batch_when_the_number_is_out_of_throughput(
+    sim, worker, users, conversations
+):
+    queued = queue_interleaved(users, conversations, per_recipient=1)
+    sim.simulator.inject_faults(PHONE_NUMBER_ID, [("graph", 130429)])
+    worker.run_once()
+    # the first was refused for the number; the others were not sent into the refusal
+    assert sim.sent_to() == []
+    jobs = list(Job.objects.filter(kind="send_message").order_by("id"))
+    assert len(jobs) == 3
+    assert all(job.lease_until is None for job in jobs)
+    assert [job.attempts for job in jobs] == [1, 0, 0]  # waiting on the number is no failure
+    assert (
+        Message.objects.filter(status="queued", pk__in=[q[0] for q in queued.values()]).count() == 3
+    )
+
+
+def test_it_costs_few_statements_per_send_in_a_batch(sim, worker, users, conversations):
+    queued = queue_interleaved(users, conversations, per_recipient=1)
+    with CaptureQueriesContext(connection) as queries:
+        worker.run_once()
+    assert (
+        Message.objects.filter(pk__in=[q[0] for q in queued.values()], status="sent").count() == 3
+    )
+    sends = [
+        q
+        for q in queries.captured_queries
+        if "platform_message_id" in q["sql"] and q["sql"].startswith("UPDATE")
+    ]
+    assert len(sends) == 3  # the platform id, committed once per send
+    # one send alone took ~11 statements (plus transaction control); the batch shares its own
+    statements = [
+        q
+        for q in queries.captured_queries
+        if not q["sql"].startswith(("SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"))
+    ]
+    assert len(statements) <= 3 + 15, [q["sql"][:80] for q in statements]
