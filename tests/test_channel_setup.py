@@ -310,6 +310,7 @@ def test_it_sets_up_email_after_logging_in_to_both_servers(
         "smtp_username": MAILBOX,
         "imap_security": "none",
         "smtp_security": "none",
+        "imap_start": "new",  # a new mailbox is read from now on
     }
     assert channel.secrets == {"imap_password": IMAP_PASSWORD, "smtp_password": SMTP_PASSWORD}
     assert IMAP_PASSWORD not in result.stdout + audit_text()

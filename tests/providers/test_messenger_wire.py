@@ -778,3 +778,19 @@ def test_it_normalizes_page_scoped_ids() -> None:
     for raw in ["", "abc", "+15551234", "１２３４５６７", "1234", "9" * 33]:
         with pytest.raises(Invalid):
             MessengerProvider.normalize_handle(raw)
+
+
+def test_shared_links_without_title_or_url_still_read_as_a_message() -> None:
+    """Found by hypothesis: two empty ``fallback`` attachments once gave the text "\\n"."""
+    empty = {"type": "fallback", "payload": None}
+    body = envelope(
+        {
+            "sender": {"id": PSID},
+            "recipient": {"id": PAGE_ID},
+            "timestamp": 1763970000000,
+            "message": {"mid": "m_links", "attachments": [empty, empty]},
+        }
+    )
+    [event] = parse_webhook(body)
+    assert isinstance(event, InboundMessage)
+    assert event.text.strip()

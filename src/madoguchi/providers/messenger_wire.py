@@ -620,13 +620,14 @@ def _render(message: MsMessage) -> list[_Part]:
             continue
         parts.append(_render_attachment(attachment, message.sticker_id))
     text = message.text or ""
-    link_text = "\n".join(" ".join(p for p in (link["title"], link["url"]) if p) for link in links)
+    lines = (" ".join(p for p in (link["title"], link["url"]) if p) for link in links)
+    link_text = "\n".join(line for line in lines if line)
     if not parts:
         data: dict[str, Any] = {"links": links} if links else {}
         if text and link_text and all(link["url"] in text for link in links if link["url"]):
             link_text = ""
         body = "\n".join(p for p in (text, link_text) if p)
-        return [_Part("text", body or _PLACEHOLDERS["text"], data=data)]
+        return [_Part("text", body if body.strip() else _PLACEHOLDERS["text"], data=data)]
     if links:
         parts[0].data["links"] = links
     if text:
