@@ -47,7 +47,7 @@ RAW_EVENT_BATCH = 250
 # Jobs claimed together; their sends run as one batch (tasks.send_messages), which shares the
 # batch's fixed statements (claim, lease, load, pacing, audit, deletion) among its sends. Not
 # more: a killed worker's batch (and each recipient's later sends) waits for the lease to end.
-JOB_BATCH = 20
+JOB_BATCH = 50
 
 
 def lease_free(now) -> Q:
