@@ -5,6 +5,7 @@ settings. Load: wrk in a separate process, cycling through pre-signed bodies."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,8 @@ def uvicorn_cmd(app: str, port: int) -> list[str]:
 
 
 def run(kind: str, quick: bool) -> list[Result]:
+    if shutil.which("wrk") is None:
+        raise RuntimeError("B1 drives its load with wrk: install it (Debian: apt-get install wrk)")
     seconds, connections = (5, 32) if quick else (15, 64)
     db = Database(kind)
     try:

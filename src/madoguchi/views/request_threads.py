@@ -4,7 +4,7 @@ Django's ASGI handler runs the synchronous part of each request (middleware, vie
 a thread of the request's own (asgiref ``ThreadSensitiveContext``): a thread is started for
 every request and joined, through yet another new thread, after it. On this project's 2-core
 benchmark machine under load that start and join alone cost up to 7 ms at p95 per request
-(bench B4, bench/FINDINGS-B4.md).
+(bench B4, bench/RESULTS.md).
 
 ``borrow()`` gives the request an idle single-thread executor instead (a new one only when all
 are busy), and Django's own context then defers to it. Nothing else changes: each request still
