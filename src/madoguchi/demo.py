@@ -85,12 +85,10 @@ def demo_channel(kind: str, business_handle: str, api_base: str, **fields: Any) 
         return do_create_channel(
             None, kind=kind, business_handle=business_handle, api_base=api_base, **fields
         )
+    # This run's simulator: its address (and for mail, its ports, which are options).
     channel.api_base = api_base
-    update = ["api_base"]
-    if kind == "email":
-        channel.options = {**channel.options, **fields.get("options", {})}
-        update.append("options")
-    channel.save(update_fields=update)
+    channel.options = {**channel.options, **fields.get("options", {})}
+    channel.save(update_fields=["api_base", "options"])
     return channel
 
 
