@@ -87,3 +87,39 @@ def test_it_marks_a_message_resent_after_a_timeout(sim, worker, users, conversat
     message.refresh_from_db()
     assert message.data.get("maybe_sent_twice") is True
     assert 1 <= len(sim.sent_to(CUSTOMER)) <= 2
+
+
+def test_the_mark_lands_with_the_platform_id_when_the_retrying_worker_dies_too(
+    sim, worker, users, conversation, monkeypatch
+):
+    """Two kills in a row: the first after the platform accepted the send, the second after
+    the retry's platform id was committed but before its audit row. The retry's job then finds
+    the id and never comes back: the double must already be marked."""
+    from madoguchi.actions import outbound
+    from madoguchi.actions.outbound import check_send_text
+
+    message = check_send_text(users["aiko"], conversation, "twice, alas")
+    original = outbound.do_commit_platform_id
+
+    def die(*args, **kwargs):
+        raise WorkerDied
+
+    monkeypatch.setattr(outbound, "do_commit_platform_id", die)
+    with pytest.raises(WorkerDied):
+        worker.run_until_idle()
+
+    def commit_then_die(*args, **kwargs):
+        original(*args, **kwargs)
+        raise WorkerDied
+
+    monkeypatch.setattr(outbound, "do_commit_platform_id", commit_then_die)
+    Job.objects.filter(kind="send_message").update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    with pytest.raises(WorkerDied):
+        worker.run_until_idle()
+
+    assert len(sim.sent_to(CUSTOMER)) == 2
+    message.refresh_from_db()
+    assert message.platform_message_id == sim.sent_to(CUSTOMER)[1].wamid
+    assert message.data.get("maybe_sent_twice") is True

@@ -304,7 +304,7 @@ def send_messages(
                 exc.trace = traceback.format_exc(limit=5)  # type: ignore[attr-defined]
                 outcomes[job.pk] = exc
                 continue
-            outbound.do_commit_platform_id(message.pk, sent)
+            outbound.do_commit_platform_id(message.pk, sent, maybe_twice=maybe_twice)
             recorded.append((message.pk, sent, maybe_twice))
             finished.append(job)
     finally:

@@ -409,19 +409,33 @@ def advance_status(message: Message, status: str, error: PlatformError | None = 
 STATUS_FIELDS = ["status", "error_code", "error_title", "error_details", "data"]
 
 
-def do_commit_platform_id(message_id: int, sent: SentMessage) -> None:
+def do_commit_platform_id(message_id: int, sent: SentMessage, *, maybe_twice: bool = False) -> None:
     """The platform accepted the message: commit its platform id (and ``sent``, from ``queued``
-    only: statuses never go back) at once, by one statement of its own.
+    only: statuses never go back) at once, in a transaction of its own.
 
     WhatsApp has no idempotency key: until the platform id is committed, a worker killed now
     would send the message again when its job comes back. The audit row and the event follow
-    (do_record_sent_batch)."""
+    (do_record_sent_batch). ``maybe_twice``: the ``data.maybe_sent_twice`` mark is committed
+    with the id, not with the audit row: a worker killed in between must not leave a double
+    unmarked (its job then finds the id and never comes back to mark it)."""
     platform_id = sent.platform_message_id
-    moved = Message.objects.filter(pk=message_id, status="queued").update(
-        platform_message_id=platform_id, status="sent"
-    )
-    if not moved:  # failed meanwhile (given up): keep its status, remember the id all the same
-        Message.objects.filter(pk=message_id).update(platform_message_id=platform_id)
+    with transaction.atomic():
+        if maybe_twice:
+            data = (
+                Message.objects.select_for_update()
+                .filter(pk=message_id)
+                .values_list("data", flat=True)
+                .first()
+            )
+            if data is not None:
+                Message.objects.filter(pk=message_id).update(
+                    data={**data, "maybe_sent_twice": True}
+                )
+        moved = Message.objects.filter(pk=message_id, status="queued").update(
+            platform_message_id=platform_id, status="sent"
+        )
+        if not moved:  # failed meanwhile (given up): keep its status, remember the id anyway
+            Message.objects.filter(pk=message_id).update(platform_message_id=platform_id)
 
 
 def do_record_sent_batch(sends: list[tuple[int, SentMessage, bool]]) -> list[Message]:
@@ -479,7 +493,7 @@ def do_record_sent_batch(sends: list[tuple[int, SentMessage, bool]]) -> list[Mes
 def do_record_sent(message_id: int, sent: SentMessage, *, maybe_twice: bool = False) -> Message:
     """The platform accepted the message: queued -> sent, with its platform id committed first
     (do_commit_platform_id), then the audit row and the event (do_record_sent_batch)."""
-    do_commit_platform_id(message_id, sent)
+    do_commit_platform_id(message_id, sent, maybe_twice=maybe_twice)
     recorded = do_record_sent_batch([(message_id, sent, maybe_twice)])
     if not recorded:
         raise NotFound(_("No such message."))
