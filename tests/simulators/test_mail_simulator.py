@@ -145,6 +145,25 @@ def test_it_wakes_the_receiver_by_idle_when_mail_arrives(sim, server, running):
     assert state == MailboxState(uidvalidity=sim.uidvalidity, last_uid=2)
 
 
+def test_the_receiver_reads_news_the_server_sends_with_its_idle_answer(sim, server, running):
+    """A server may write "+ idling" and an EXISTS in one packet: imaplib then holds the EXISTS
+    in its buffer, where IMAPClient's idle_check never looks. The receiver must not idle past
+    it (here: mail 2 arrives while mail 1 is being stored, so it is news when IDLE starts)."""
+    sim.idle_news_delay = 0
+    sim.deliver(customer_mail(1))
+
+    class DeliversWhileStoring(Collected):
+        def __call__(self, mail: FetchedMail, state: MailboxState) -> None:
+            super().__call__(mail, state)
+            if self.count() == 1:
+                sim.deliver(customer_mail(2))
+
+    store = DeliversWhileStoring()
+    running(ImapReceiver(settings(server, idle_seconds=3600, poll_seconds=3600), store))
+    wait_for(lambda: store.count() == 2)
+    assert store.ids == ["<q1@customer.example>", "<q2@customer.example>"]
+
+
 def test_it_serves_the_receiver_that_polls(sim, server, running):
     store = Collected()
     receiver = ImapReceiver(settings(server, use_idle=False, poll_seconds=0.1), store)

@@ -185,6 +185,23 @@ def take_announced_mail(client: IMAPClient) -> bool:
     return bool(untagged.pop("EXISTS", None))
 
 
+def answered_with_news(client: IMAPClient) -> bool:
+    """Whether lines already wait in imaplib's read buffer (without reading from the network,
+    so it never blocks)."""
+    buffered = getattr(getattr(client, "_imap", None), "file", None)
+    if buffered is None or not hasattr(buffered, "peek"):
+        return False
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(buffered.peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    finally:
+        sock.settimeout(timeout)
+
+
 class ImapReceiver:
     """Reads one folder and hands every new mail to ``store``.
 
@@ -286,6 +303,10 @@ class ImapReceiver:
         self.idles += 1
         client.idle()
         try:
+            if answered_with_news(client):
+                # The server sent news in the same read as its "+ idling": imaplib holds it in
+                # its buffer, where idle_check (a poll of the socket) never looks.
+                return True
             deadline = time.monotonic() + self.settings.idle_seconds
             while not stop.is_set():
                 remaining = deadline - time.monotonic()

@@ -362,8 +362,8 @@ class ImapSession:
 
     # -- I/O ------------------------------------------------------------------------------
     async def send(self, *lines: bytes) -> None:
-        for line in lines:
-            self.writer.write(line + b"\r\n")
+        """The lines in one write (so in one packet on the loopback, as a server's one answer)."""
+        self.writer.write(b"".join(line + b"\r\n" for line in lines))
         await self.writer.drain()
 
     async def read_command(self) -> bytes | None:
@@ -676,18 +676,20 @@ class ImapSession:
         return "OK Append completed."
 
     async def cmd_idle(self, tag: str, args: list[Token]) -> str:
-        await self.send(b"+ idling")
+        pending = self.updates()
+        if pending and not self.sim.idle_news_delay:
+            await self.send(b"+ idling", *pending)  # one write: one packet, as a server may
+            pending = []
+        else:
+            await self.send(b"+ idling")
         self.wake.clear()
         self.idling = True
         line_task = asyncio.ensure_future(self.reader.readline())
         try:
-            pending = self.updates()
             if pending:
-                # imaplib reads through a buffered file: lines that arrive together with
-                # "+ idling" sit in its buffer where IMAPClient's idle_check (a poll() of the
-                # socket) never looks, so news older than the IDLE goes out a moment later,
-                # as Dovecot's own mailbox check after "+ idling" does.
-                await asyncio.wait({line_task}, timeout=0.05)
+                # News older than the IDLE goes out a moment after "+ idling", as Dovecot's own
+                # mailbox check after "+ idling" usually does.
+                await asyncio.wait({line_task}, timeout=self.sim.idle_news_delay)
                 await self.send(*pending)
             while True:
                 wake_task = asyncio.ensure_future(self.wake.wait())
@@ -1104,14 +1106,23 @@ class MailSimulator:
     """Mailboxes in memory with an IMAP and an SMTP server (see the module docstring).
 
     ``idle_keepalive``: the seconds between two ``* OK Still here`` to an idle client.
+    ``idle_news_delay``: news older than an IDLE goes out this long after ``+ idling``; 0 sends
+    it in the same write, as a server may (the client then finds both lines in one read).
     ``add_mailbox(address, password)`` makes an account whose INBOX receives mail for
     ``address`` and its plus-addresses. ``deliver(raw)`` puts a mail into the mailbox of its
     recipients (as an MX would); ``sent_to(address)`` lists what the SMTP server accepted for
     an outside address. Thread-safe; the servers run in their own event loop thread."""
 
-    def __init__(self, *, uidvalidity: int | None = None, idle_keepalive: float = 120.0) -> None:
+    def __init__(
+        self,
+        *,
+        uidvalidity: int | None = None,
+        idle_keepalive: float = 120.0,
+        idle_news_delay: float = 0.05,
+    ) -> None:
         self.lock = threading.RLock()
         self.idle_keepalive = idle_keepalive
+        self.idle_news_delay = idle_news_delay
         self.uidvalidity = uidvalidity or int(time.time())
         self.accounts: dict[str, Account] = {}
         self.captured: list[CapturedMail] = []
