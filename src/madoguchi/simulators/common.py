@@ -526,6 +526,12 @@ class HubSignedWebhooks(SimulatorCore):
     def _close_transport(self) -> None:
         self._poster.close()
 
+    async def _graph_error_response(self, request: Any, exc: Exception) -> Response:
+        """The Starlette handler of the simulator's Graph errors (anything with ``code``,
+        ``http_status`` and ``body()``): counted, answered in Graph's error shape."""
+        self._count_error(exc.code)  # type: ignore[attr-defined]
+        return graph_response(exc.body(), exc.http_status)  # type: ignore[attr-defined]
+
 
 # ---------------------------------------------------------------------------------------------
 # Serving

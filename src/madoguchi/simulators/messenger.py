@@ -663,11 +663,6 @@ class MessengerSimulator(HubSignedWebhooks):
             exception_handlers={GraphError: self._graph_error_response},
         )
 
-    async def _graph_error_response(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GraphError)
-        self._count_error(exc.code)
-        return graph_response(exc.body(), exc.http_status)
-
     @staticmethod
     def _check_version(request: Request) -> None:
         if not _VERSION_RE.fullmatch(request.path_params["version"]):

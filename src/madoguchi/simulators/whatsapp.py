@@ -1440,11 +1440,6 @@ class WhatsAppSimulator(HubSignedWebhooks):
             exception_handlers={GraphError: self._graph_error_response},
         )
 
-    async def _graph_error_response(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GraphError)
-        self._count_error(exc.code)
-        return graph_response(exc.body(), exc.http_status)
-
     @staticmethod
     def _version(request: Request) -> int:
         version = request.path_params["version"]
