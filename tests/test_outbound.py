@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from madoguchi.models import Job, Message, Template
 from tests.helpers import (
@@ -221,6 +223,38 @@ def test_a_worker_killed_between_claiming_and_sending_sends_once_after_restart(
     run_worker_until(worker, lambda: message_status(sent["id"]) == "read")
     worker.run_until_idle()
     assert [s.body["text"]["body"] for s in sim.sent_to(CUSTOMER)] == ["once"]
+
+
+def test_a_killed_workers_claims_go_to_another_worker_without_waiting_for_the_lease(
+    api_as, sim, worker, conversation
+):
+    sent = api_as("aiko").post(f"/conversations/{conversation.pk}/messages", {"text": "now"}, 202)
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "MADOGUCHI_FAULT_PAUSE_AFTER_CLAIM": "60",
+        "MADOGUCHI_JOB_LEASE_SECONDS": "600",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "madoguchi.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: Job.objects.filter(kind="send_message").exclude(claimed_by="").exists(),
+            timeout=30,
+        )
+        claim = Job.objects.get(kind="send_message")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert claim.lease_until > timezone.now() + timedelta(minutes=9)  # held for ten minutes
+    run_worker_until(worker, lambda: message_status(sent["id"]) == "read")
+    assert [s.body["text"]["body"] for s in sim.sent_to(CUSTOMER)] == ["now"]
 
 
 def database_url() -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import traceback
@@ -24,6 +23,7 @@ from django.db import close_old_connections, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from madoguchi import liveness
 from madoguchi.actions.inbound import (
     RetryLater,
     channel_for_event,
@@ -48,6 +48,9 @@ RAW_EVENT_BATCH = 250
 # batch's fixed statements (claim, lease, load, pacing, audit, deletion) among its sends. Not
 # more: a killed worker's batch (and each recipient's later sends) waits for the lease to end.
 JOB_BATCH = 50
+# How often a worker looks for claims held by workers killed on this machine (two small
+# queries): a kill then stalls its jobs about this long instead of the whole lease.
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 def lease_free(now) -> Q:
@@ -56,11 +59,12 @@ def lease_free(now) -> Q:
 
 class Worker:
     def __init__(self, name: str | None = None) -> None:
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+        self.name = name or liveness.worker_name()
         self.lease = timedelta(seconds=settings.JOB_LEASE_SECONDS)
         # Test hook for crash tests: sleep this long after claiming a job, before running it.
         self.pause_after_claim = float(os.environ.get("MADOGUCHI_FAULT_PAUSE_AFTER_CLAIM", "0"))
         self.last_schedule_check = 0.0
+        self.last_orphan_check = 0.0
         self.claims = 0
 
     # -- raw events ----------------------------------------------------------------------
@@ -80,7 +84,7 @@ class Worker:
         if not due:
             return []
         self.claims += 1
-        token = f"{self.name}:{self.claims}"[-80:]
+        token = f"{self.claims}~{self.name}"[:80]
         until = now + self.lease
         ids = [raw.pk for raw in due]
         won = (
@@ -125,6 +129,33 @@ class Worker:
         else:
             update["lease_until"] = timezone.now() + timedelta(seconds=retry_delay(raw.attempts))
         RawEvent.objects.filter(pk=raw.pk).update(**update)
+
+    # -- claims of dead workers ------------------------------------------------------------
+    def release_orphaned_claims(self) -> int:
+        """Free at once the claims of workers that were killed on this machine (see
+        madoguchi.liveness): their jobs, and each recipient's later sends queued behind them,
+        would otherwise wait for the lease. Returns how many rows were freed."""
+        now = timezone.now()
+        freed = 0
+        for model, pending in ((Job, Q()), (RawEvent, Q(processed_at__isnull=True))):
+            holders = set(
+                model.objects.filter(pending, lease_until__gt=now)
+                .exclude(claimed_by="")
+                .values_list("claimed_by", flat=True)
+                .distinct()
+            )
+            dead = [name for name in holders if liveness.is_gone(name)]
+            if dead:
+                freed += model.objects.filter(
+                    pending, claimed_by__in=dead, lease_until__gt=now
+                ).update(lease_until=None)
+                log.warning("released the claims of dead workers: %s", ", ".join(sorted(dead)))
+        return freed
+
+    def release_orphaned_claims_now_and_then(self) -> None:
+        if time.monotonic() - self.last_orphan_check >= ORPHAN_CHECK_SECONDS:
+            self.last_orphan_check = time.monotonic()
+            self.release_orphaned_claims()
 
     # -- jobs ----------------------------------------------------------------------------
     def claim_jobs(self, limit: int = 20) -> list[Job]:
@@ -320,6 +351,7 @@ class Worker:
     def run_once(self) -> int:
         """Process what is due now. Returns how many rows were handled."""
         done = 0
+        self.release_orphaned_claims_now_and_then()
         raws = self.claim_raw_events(limit=RAW_EVENT_BATCH)
         self.process_raw_events(raws)
         done += len(raws)
