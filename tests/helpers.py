@@ -303,14 +303,22 @@ def text_payload(
 
 
 def status_payload(
-    message_id: str, status: str, *, recipient: str, errors: list[dict[str, Any]] | None = None
+    message_id: str,
+    status: str,
+    *,
+    recipient: str,
+    errors: list[dict[str, Any]] | None = None,
+    reference: str | None = None,
 ) -> dict[str, Any]:
+    """A webhook with one status; ``reference``: the send's biz_opaque_callback_data."""
     item: dict[str, Any] = {
         "id": message_id,
         "status": status,
         "timestamp": str(int(time.time())),
         "recipient_id": recipient,
     }
+    if reference is not None:
+        item["biz_opaque_callback_data"] = reference
     if errors:
         item["errors"] = errors
     return envelope({"statuses": [item]})

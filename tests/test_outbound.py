@@ -139,6 +139,7 @@ def test_a_timeout_is_retried_then_delivered(api_as, sim, worker, conversation, 
     # The platform may have accepted a request whose answer timed out (WhatsApp has no
     # idempotency key), so a timeout can cost a duplicate; it must never cost the message.
     settings.HTTP_TIMEOUT_SECONDS = 0.3
+    settings.SEND_RECONCILE_SECONDS = 0  # no receipt names the dropped request: retry at once
     sim.simulator.inject_faults(PHONE_NUMBER_ID, [("timeout", 1.0)])
     sent = api_as("aiko").post(f"/conversations/{conversation.pk}/messages", {"text": "Hi"}, 202)
     run_worker_until(worker, lambda: message_status(sent["id"]) in ("delivered", "read"))

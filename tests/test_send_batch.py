@@ -131,3 +131,62 @@ def test_it_costs_few_statements_per_send_in_a_batch(sim, worker, users, convers
         if not q["sql"].startswith(("SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"))
     ]
     assert len(statements) <= 3 + 15, [q["sql"][:80] for q in statements]
+
+
+class WorkerDied(BaseException):
+    """Stands for SIGKILL: not an Exception, so the worker's error handling never sees it."""
+
+
+def test_a_batch_retried_after_a_kill_sends_nothing_twice(
+    sim, worker, users, conversations, monkeypatch, settings
+):
+    """Killed right after the platform accepted the batch's first send: that send's receipts
+    record it (not sent again); the others were marked SENDING ahead of their calls but never
+    left, so they wait for a receipt, then go once, marked maybe_sent_twice."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from madoguchi.actions import outbound
+
+    queued = queue_interleaved(users, conversations, per_recipient=1)
+    original = outbound.do_commit_platform_id
+
+    def die(*args, **kwargs):
+        raise WorkerDied
+
+    monkeypatch.setattr(outbound, "do_commit_platform_id", die)
+    with pytest.raises(WorkerDied):
+        worker.run_once()
+    monkeypatch.setattr(outbound, "do_commit_platform_id", original)
+    Job.objects.filter(kind="send_message").update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    [first] = sim.sent_to()
+    first_id = Message.objects.get(text=first.body["text"]["body"]).pk
+    run_worker_until(
+        worker,
+        lambda: (
+            Message.objects.get(pk=first_id).status != "queued"
+            and not Job.objects.filter(args__message_id=first_id).exists()
+        ),
+    )
+    assert len(sim.sent_to()) == 1  # the others still wait for a receipt that will not come
+    waiting = list(Job.objects.filter(kind="send_message"))
+    assert len(waiting) == 2
+
+    settings.SEND_RECONCILE_SECONDS = 0
+    Job.objects.filter(kind="send_message").update(run_at=timezone.now())
+    ids = [pks[0] for pks in queued.values()]
+    run_worker_until(
+        worker, lambda: not Message.objects.filter(pk__in=ids, status="queued").exists()
+    )
+    for wa_id in CUSTOMERS:
+        assert len(sim.sent_to(wa_id)) == 1
+    for message in Message.objects.filter(pk__in=ids):
+        assert (
+            message.platform_message_id
+            == sim.sent_to(message.conversation.identity.handle)[0].wamid
+        )
+        assert message.data.get("maybe_sent_twice", False) is (message.pk != first_id)
+    assert not Job.objects.filter(kind="send_message").exists()

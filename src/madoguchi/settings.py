@@ -260,3 +260,7 @@ MADOGUCHI_SEND_MAX_ATTEMPTS = env_int("MADOGUCHI_SEND_MAX_ATTEMPTS", 8)
 WORKER_POLL_SECONDS = float(os.environ.get("MADOGUCHI_WORKER_POLL_SECONDS", "0.5"))
 TEMPLATE_SYNC_INTERVAL_SECONDS = env_int("MADOGUCHI_TEMPLATE_SYNC_INTERVAL", 3600)
 PAIR_RETRY_BASE_SECONDS = float(os.environ.get("MADOGUCHI_PAIR_RETRY_BASE_SECONDS", "1"))
+# A send interrupted after its platform call (a worker killed before the answer was recorded) is
+# retried only after this long without a receipt naming it, on platforms that echo a send's
+# reference (WhatsApp): the receipt says whether the killed attempt went (tasks.awaiting_receipt).
+SEND_RECONCILE_SECONDS = float(os.environ.get("MADOGUCHI_SEND_RECONCILE_SECONDS", "15"))

@@ -4,9 +4,11 @@ record the outcome through an action. ``Reschedule`` asks the worker to try agai
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -27,8 +29,8 @@ from madoguchi.providers.base import (
     SentMessage,
 )
 from madoguchi.providers.payloads import timeout_error
-from madoguchi.providers.registry import provider_for
-from madoguchi.queries.threads import send_context
+from madoguchi.providers.registry import provider_class, provider_for
+from madoguchi.queries.threads import send_context, send_reference
 from madoguchi.rules.window import window_for
 from madoguchi.storage import new_media_name
 
@@ -65,13 +67,49 @@ def retry_delay(attempts: int) -> float:
 
 MAX_PACING_SLEEP = 1.0
 
-# Written on a send job in the transaction that reserves its slot, just before the platform is
-# called; success deletes the job and every other outcome overwrites it. A job that comes back
+# Written on a send job just before the platform is called (sending_mark: with the time of the
+# call); success deletes the job and every other outcome overwrites it. A job that comes back
 # still carrying it was interrupted (its worker killed) while the platform may have accepted the
-# send (or its answer timed out): WhatsApp has no idempotency key, so it is sent again, and the
+# send (or its answer timed out). WhatsApp has no idempotency key: where the platform echoes a
+# send's reference in its receipts (Capabilities.echoes_send_reference), the retry waits up to
+# SEND_RECONCILE_SECONDS from the call for a receipt naming the message (which records its
+# platform id: actions.outbound.do_reconcile_status); without one it is sent again, and the
 # message is marked.
 SENDING = "sending: the platform may have accepted this attempt"
 TIMEOUT = timeout_error().error  # a call whose answer never came: the same uncertainty
+SENDING_AT = re.compile(r" \(at ([0-9]+(?:\.[0-9]+)?)\)$")
+# How often a send waiting for the receipt of its interrupted attempt looks again.
+RECONCILE_POLL_SECONDS = 1.0
+
+
+def sending_mark(at: float) -> str:
+    """The SENDING mark of a call made at (or just before) ``at``, unix seconds."""
+    return f"{SENDING} (at {at:.3f})"
+
+
+def interrupted_at(job: Job) -> float | None:
+    """When the interrupted attempt of ``job`` called the platform (interrupted(job)); None
+    when the mark carries no time."""
+    match = SENDING_AT.search(job.last_error)
+    return float(match.group(1)) if match else None
+
+
+def awaiting_receipt(job: Job, message: Message) -> Reschedule | None:
+    """The retry of an interrupted send, on a platform that echoes send references: while the
+    interrupted attempt is recent (SEND_RECONCILE_SECONDS), a Reschedule (not an attempt; the
+    job stays first of its recipient, so order holds) to look again soon, for the receipt that
+    would record the message as sent (then ``sendable`` says no more). None: send now."""
+    if not interrupted(job):
+        return None
+    if not provider_class(message.channel.kind).capabilities.echoes_send_reference:
+        return None
+    at = interrupted_at(job)
+    if at is None:
+        return None
+    left = at + settings.SEND_RECONCILE_SECONDS - time.time()
+    if left <= 0:
+        return None
+    return Reschedule(min(left, RECONCILE_POLL_SECONDS), job.last_error, counts_as_attempt=False)
 
 
 def reserve_send_slots(channel: Channel, count: int, *, marking: Job | None = None) -> list[float]:
@@ -95,7 +133,7 @@ def reserve_send_slots(channel: Channel, count: int, *, marking: Job | None = No
             throttle.next_free = slots[-1] + interval
             throttle.save(update_fields=["next_free"])
             if marking is not None:
-                Job.objects.filter(pk=marking.pk).update(last_error=SENDING)
+                Job.objects.filter(pk=marking.pk).update(last_error=sending_mark(slots[0]))
     return slots
 
 
@@ -152,6 +190,8 @@ def call_platform(provider: Provider, message: Message) -> SentMessage:
     # refusal is recorded on the message.
     # Where the message sits in its conversation (email builds its threading headers from it).
     context = send_context(message, history=caps.threads_in_messages)
+    if caps.echoes_send_reference:
+        context = replace(context, reference=send_reference(message.pk))
     tag = window_for(
         channel.kind,
         identity.last_inbound_at,
@@ -159,7 +199,7 @@ def call_platform(provider: Provider, message: Message) -> SentMessage:
         subscribed=identity.subscribed,
     ).tag
     if message.kind == "template":
-        return provider.send_template(to, message.data["template"])
+        return provider.send_template(to, message.data["template"], context=context)
     if message.kind in outbound.MEDIA_KINDS:
         # A platform that downloads media itself (Viber) gets a signed, expiring link.
         by_url = {"media_url": public_media_url(message)} if caps.media_by_url else {}
@@ -203,19 +243,24 @@ def refused(job: Job, message: Message, exc: SendError) -> Reschedule | None:
         hold_number(message.channel, delay)
     reason = f"{exc.error.code} {exc.error.title}"
     if (exc.error.code, exc.error.title) == (TIMEOUT.code, TIMEOUT.title):
-        reason = SENDING  # the answer was lost, not the request: the retry is marked
+        # The answer was lost, not the request: the retry is marked, and waits for a receipt
+        # counted from the call (which began about HTTP_TIMEOUT_SECONDS ago).
+        reason = sending_mark(time.time() - settings.HTTP_TIMEOUT_SECONDS)
     return Reschedule(delay, reason)
 
 
 def interrupted(job: Job) -> bool:
     """An earlier attempt of this job stopped after the platform may have accepted the send."""
-    return job.attempts > 1 and job.last_error == SENDING
+    return job.attempts > 1 and job.last_error.startswith(SENDING)
 
 
 def send_message(job: Job, message_id: int) -> None:
     message = load_messages([message_id]).get(message_id)
     if not sendable(message):
-        return
+        return  # sent meanwhile (or its receipt recorded it), failed or deleted
+    later = awaiting_receipt(job, message)
+    if later is not None:
+        raise later
     maybe_twice = interrupted(job)
     wait = reserve_send_slot(message.channel, job)
     if wait > 0:
@@ -251,10 +296,14 @@ def send_messages(
     by_channel: dict[int, list[tuple[Job, Message]]] = {}
     for job in jobs:
         message = messages.get(job.args["message_id"])
-        if sendable(message):
-            by_channel.setdefault(message.channel_id, []).append((job, message))
-        else:
-            finished.append(job)
+        if not sendable(message):
+            finished.append(job)  # sent meanwhile (or its receipt recorded it), failed, deleted
+            continue
+        later = awaiting_receipt(job, message)
+        if later is not None:
+            outcomes[job.pk] = later
+            continue
+        by_channel.setdefault(message.channel_id, []).append((job, message))
     planned: list[tuple[float, Job, Message, bool]] = []
     for group in by_channel.values():
         channel = group[0][1].channel
@@ -278,9 +327,13 @@ def send_messages(
                 log.info("job %s was taken over by another worker; skipped", job.pk)
                 continue
             if job.pk not in marked:  # before its call, with the next few: see SENDING
-                ahead = [rest.pk for _s, rest, _m, _t in planned[index : index + MARK_AHEAD]]
-                Job.objects.filter(pk__in=ahead).update(last_error=SENDING)
-                marked.update(ahead)
+                ahead = planned[index : index + MARK_AHEAD]
+                # the latest of their calls: a receipt is waited for from then on, at least
+                at = max(time.time(), *(s for s, _j, _m, _t in ahead))
+                Job.objects.filter(pk__in=[rest.pk for _s, rest, _m, _t in ahead]).update(
+                    last_error=sending_mark(at)
+                )
+                marked.update(rest.pk for _s, rest, _m, _t in ahead)
             wait = slot - time.time()
             if wait > 0:
                 time.sleep(wait)

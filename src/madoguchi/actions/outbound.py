@@ -33,6 +33,7 @@ from madoguchi.models import (
 from madoguchi.providers.base import PlatformError, SentMessage, StatusUpdate
 from madoguchi.providers.registry import provider_class
 from madoguchi.queries.serialize import message_json
+from madoguchi.queries.threads import message_id_for_reference
 from madoguchi.realtime.publish import publish_on_commit
 from madoguchi.rules import access, window
 from madoguchi.storage import new_media_name
@@ -519,7 +520,9 @@ def do_record_failure(message_id: int, error: PlatformError) -> Message:
 
 def do_apply_status(channel: Channel, update: StatusUpdate) -> bool | None:
     """Apply a delivery receipt monotonically. True: changed; False: nothing new (a duplicate or
-    a late ``delivered`` after ``read``); None: no such message (yet)."""
+    a late ``delivered`` after ``read``); None: no such message (yet). A receipt for an unknown
+    platform id whose reference names one of our messages is reconciled with it
+    (do_reconcile_status)."""
     with transaction.atomic():
         found = (
             Message.objects.filter(channel=channel, platform_message_id=update.platform_message_id)
@@ -527,7 +530,7 @@ def do_apply_status(channel: Channel, update: StatusUpdate) -> bool | None:
             .first()
         )
         if found is None:
-            return None
+            return do_reconcile_status(channel, update) if update.reference else None
         message = load_for_update(found)
         if not advance_status(message, update.status, update.error):
             return False
@@ -539,4 +542,64 @@ def do_apply_status(channel: Channel, update: StatusUpdate) -> bool | None:
             code=update.error.code if update.error else None,
         )
         publish_message(message, message.conversation, op="update")
+        return True
+
+
+def do_reconcile_status(channel: Channel, update: StatusUpdate) -> bool | None:
+    """A receipt for a platform id we do not know, whose reference (``StatusUpdate.reference``)
+    names an outbound message of ``channel``: a send whose answer was never recorded (its
+    worker was killed after the platform accepted it; see tasks.SENDING).
+
+    If the message has no platform id yet, the receipt's is its own: adopted with the receipt's
+    status (audit rows ``message.sent``, marked ``from_receipt``, then the status's own), and
+    the retry of the send job finds the message sent instead of sending it again. If the
+    message has another platform id, it really went twice (a retry after the wait found no
+    receipt): recorded once per extra platform id, in ``data.sent_twice`` and an audit row
+    ``message.sent_twice``. Returns True when that changed the message, False when it was
+    recorded already, None when the reference names no message of ours (the receipt is then
+    retried like any receipt for an unknown message). Runs in the caller's transaction or its
+    own."""
+    message_id = message_id_for_reference(update.reference)
+    if message_id is None:
+        return None
+    with transaction.atomic():
+        ours = Message.objects.filter(pk=message_id, channel=channel, direction="out").exists()
+        if not ours:
+            return None
+        message = load_for_update(message_id)
+        platform_id = update.platform_message_id
+        conversation = message.conversation
+        if not message.platform_message_id:
+            message.platform_message_id = platform_id
+            advance_status(message, update.status, update.error)
+            message.save(update_fields=["platform_message_id", *STATUS_FIELDS])
+            audit.record(
+                "message.sent",
+                conversation=conversation,
+                message=message,
+                platform_id=platform_id,
+                from_receipt=True,
+            )
+            if update.status != "sent":
+                audit.record(
+                    f"message.{update.status}",
+                    conversation=conversation,
+                    message=message,
+                    code=update.error.code if update.error else None,
+                )
+            publish_message(message, conversation, op="update")
+            return True
+        twice = list(message.data.get("sent_twice", []))
+        if platform_id in twice:
+            return False
+        message.data = {**message.data, "sent_twice": [*twice, platform_id]}
+        message.save(update_fields=["data"])
+        audit.record(
+            "message.sent_twice",
+            conversation=conversation,
+            message=message,
+            platform_id=platform_id,
+            kept=message.platform_message_id,
+        )
+        publish_message(message, conversation, op="update")
         return True

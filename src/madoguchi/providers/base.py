@@ -116,6 +116,9 @@ class StatusUpdate:
     status: Literal["sent", "delivered", "read", "failed"]
     timestamp: datetime
     error: PlatformError | None = None
+    # The reference the send carried (``SendContext.reference``), echoed back by platforms
+    # whose capabilities say ``echoes_send_reference``; "" otherwise.
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,14 @@ class Capabilities:
     # one (Messenger's User Profile API): the core calls ``Provider.fetch_profile`` once for
     # each new contact handle, in a job, and names the contact from the answer.
     has_profile_lookup: bool = False
+    # The platform takes an opaque text with a send and echoes it in every delivery receipt of
+    # that message (WhatsApp's ``biz_opaque_callback_data``): sends carry the message's
+    # reference (``SendContext.reference``) and receipts give it back
+    # (``StatusUpdate.reference``), so a receipt for a send whose answer was lost (a worker
+    # killed meanwhile) still finds its message. A send interrupted that way is then retried
+    # only once no receipt named it for a while (SEND_RECONCILE_SECONDS): the platform has no
+    # idempotency key, and sending again would double it.
+    echoes_send_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,11 +263,14 @@ class SendContext:
     name the conversation; a reply that carries it back (``InboundMessage.conversation_key``)
     is routed to it. ``history``: the conversation's latest messages with a platform id,
     oldest first, with the ``data`` the provider gave them. ``reply_to``: the platform id of
-    the message the agent quoted, if any."""
+    the message the agent quoted, if any. ``reference``: names the message being sent (at most
+    64 characters); providers whose capabilities say ``echoes_send_reference`` send it for the
+    platform to echo in its receipts, others ignore it."""
 
     conversation_key: str = ""
     history: tuple[HistoryEntry, ...] = ()
     reply_to: str = ""
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -451,8 +465,11 @@ class Provider:
         ``media_by_url``."""
         raise NotImplementedError
 
-    def send_template(self, to: str, template: dict[str, Any]) -> SentMessage:
-        """``template``: {"name", "language", "parameters", "header"?, "buttons"?, "named"}."""
+    def send_template(
+        self, to: str, template: dict[str, Any], *, context: SendContext | None = None
+    ) -> SentMessage:
+        """``template``: {"name", "language", "parameters", "header"?, "buttons"?, "named"}.
+        ``context`` as for send_text."""
         raise NotImplementedError
 
     def mark_read(self, platform_message_id: str) -> None:

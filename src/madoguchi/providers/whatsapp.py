@@ -64,7 +64,11 @@ def media_limit(kind: str, mime_type: str) -> int:
 class WhatsAppProvider(MetaWebhooks, Provider):
     kind = "whatsapp"
     capabilities = Capabilities(
-        has_templates=True, window_hours=24, read_receipts=True, max_text_length=4096
+        has_templates=True,
+        window_hours=24,
+        read_receipts=True,
+        max_text_length=4096,
+        echoes_send_reference=True,  # biz_opaque_callback_data (A5, A7)
     )
 
     # -- helpers -------------------------------------------------------------------------
@@ -158,7 +162,11 @@ class WhatsAppProvider(MetaWebhooks, Provider):
         }
 
     # -- outbound ------------------------------------------------------------------------
-    def send_body(self, body: dict[str, Any]) -> SentMessage:
+    def send_body(self, body: dict[str, Any], context: SendContext | None = None) -> SentMessage:
+        """POST one message; the context's reference rides along as ``biz_opaque_callback_data``
+        (A7: up to 512 characters), which Meta echoes in every status of the message (A5)."""
+        if context is not None and context.reference:
+            body = {**body, "biz_opaque_callback_data": context.reference[:512]}
         answer = self.call(
             "POST", self.graph_url(f"{self.config.business_handle}/messages"), json=body
         )
@@ -183,7 +191,7 @@ class WhatsAppProvider(MetaWebhooks, Provider):
         tag: str | None = None,
         context: SendContext | None = None,
     ) -> SentMessage:
-        return self.send_body(wire.text_body(to, text, reply_to=reply_to))
+        return self.send_body(wire.text_body(to, text, reply_to=reply_to), context)
 
     def upload_media(self, path: str, mime_type: str, filename: str) -> str:
         full = Path(settings.MEDIA_ROOT) / path
@@ -218,9 +226,11 @@ class WhatsAppProvider(MetaWebhooks, Provider):
             filename=filename if kind == "document" else "",
             reply_to=reply_to,
         )
-        return self.send_body(body)
+        return self.send_body(body, context)
 
-    def send_template(self, to: str, template: dict[str, Any]) -> SentMessage:
+    def send_template(
+        self, to: str, template: dict[str, Any], *, context: SendContext | None = None
+    ) -> SentMessage:
         body = wire.template_body(
             to,
             template["name"],
@@ -230,7 +240,7 @@ class WhatsAppProvider(MetaWebhooks, Provider):
             buttons=template.get("buttons"),
             named=bool(template.get("named")),
         )
-        return self.send_body(body)
+        return self.send_body(body, context)
 
     def mark_read(self, platform_message_id: str) -> None:
         self.call(

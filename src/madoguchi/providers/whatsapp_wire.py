@@ -624,6 +624,7 @@ def _status_event(raw: Any, business: str) -> StatusUpdate:
         status=mapped,
         timestamp=status.timestamp,
         error=status.errors[0].to_platform_error() if status.errors else None,
+        reference=status.biz_opaque_callback_data,
     )
 
 

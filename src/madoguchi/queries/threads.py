@@ -71,3 +71,20 @@ def send_context(message: Message, *, history: bool = True) -> SendContext:
         history=history,
         reply_to=message.reply_to_platform_id or "",
     )
+
+
+# A send's reference (SendContext.reference), echoed back in the platform's receipts
+# (StatusUpdate.reference) where the platform does that: our message id. Not secret: receipts
+# arrive signed by the platform, and only messages of the receipt's own channel are looked up.
+REFERENCE_RE = re.compile(r"^mg:([0-9]{1,18})$")
+
+
+def send_reference(message_id: int) -> str:
+    """``mg:<message id>``."""
+    return f"mg:{message_id}"
+
+
+def message_id_for_reference(reference: str) -> int | None:
+    """The message a receipt's reference names; None when it is not one of ours."""
+    match = REFERENCE_RE.match(reference.strip())
+    return int(match.group(1)) if match else None
