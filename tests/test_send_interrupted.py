@@ -112,6 +112,7 @@ def test_it_records_the_platform_id_from_a_receipt_instead_of_sending_again(
     assert "maybe_sent_twice" not in message.data and "sent_twice" not in message.data
     audit = AuditEvent.objects.get(action="message.sent", message=message)
     assert audit.data == {"platform_id": first.wamid, "from_receipt": True}
+    assert message.data["platform_id_from_receipt"] == first.wamid
     assert AuditEvent.objects.filter(action="message.read", message=message).exists()
     updates = [e for e, _r in events.of_type("message") if e["op"] == "update"]
     assert {e["message"]["status"] for e in updates if e["message"]["id"] == message.pk} >= {
@@ -148,6 +149,30 @@ def test_a_late_receipt_of_the_interrupted_attempt_records_the_double(
     assert message.data["maybe_sent_twice"] is True
     audit = AuditEvent.objects.get(action="message.sent_twice", message=message)
     assert audit.data == {"platform_id": first.wamid, "kept": second.wamid}
+
+
+def test_a_receipt_before_the_answer_of_a_live_send_records_it_once(
+    sim, worker, users, conversation
+):
+    """The platform's receipt may arrive before the sender recorded the answer: the receipt
+    records the platform id, and the sender adds no second audit row nor event."""
+    from madoguchi.actions.outbound import check_send_text, do_apply_status, do_record_sent
+    from madoguchi.providers.base import SentMessage, StatusUpdate
+
+    message = check_send_text(users["aiko"], conversation, "quick")
+    update = StatusUpdate(
+        platform_message_id="wamid.quick",
+        business_handle=sim.channel.business_handle,
+        recipient_handle=CUSTOMER,
+        status="sent",
+        timestamp=timezone.now(),
+        reference=f"mg:{message.pk}",
+    )
+    assert do_apply_status(sim.channel, update) is True
+    do_record_sent(message.pk, SentMessage(platform_message_id="wamid.quick"))
+    message.refresh_from_db()
+    assert (message.status, message.platform_message_id) == ("sent", "wamid.quick")
+    assert AuditEvent.objects.filter(action="message.sent", message=message).count() == 1
 
 
 def test_a_receipt_naming_a_message_of_another_channel_is_not_taken(

@@ -26,12 +26,12 @@ from django.utils import timezone
 from madoguchi import liveness
 from madoguchi.actions.inbound import (
     RetryLater,
-    channel_for_event,
+    bulk_applicable,
+    do_apply_batch,
     do_process_raw_event,
-    do_receive_batch,
 )
 from madoguchi.models import Channel, Job, RawEvent
-from madoguchi.providers.base import InboundMessage
+from madoguchi.providers.base import InboundEvent
 from madoguchi.providers.registry import provider_class, provider_for
 from madoguchi.realtime import wakeup
 from madoguchi.tasks import HANDLERS, Reschedule, give_up, retry_delay, send_messages
@@ -304,11 +304,12 @@ class Worker:
 
     # -- loops ---------------------------------------------------------------------------
     def process_raw_events(self, raws: list[RawEvent]) -> None:
-        """Bodies that carry only customer messages are applied together (one transaction, bulk
-        inserts, one pass for every channel of the batch: the busy path); anything else, or a
-        batch that fails, one body at a time."""
+        """Bodies that carry only customer messages and receipts are applied together (one
+        transaction, bulk statements, one pass for every channel of the batch: the busy path,
+        do_apply_batch); anything else, a body with a receipt for an unknown message, or a batch
+        that fails, one body at a time."""
         channels: dict[int, Channel] = Channel.objects.in_bulk({raw.channel_id for raw in raws})
-        batch: list[tuple[RawEvent, Channel, list[InboundMessage]]] = []
+        batch: list[tuple[RawEvent, Channel, list[InboundEvent]]] = []
         single: list[RawEvent] = []
         for raw in raws:
             channel = channels.get(raw.channel_id)
@@ -318,28 +319,19 @@ class Worker:
                     events = provider_for(channel).parse_webhook(bytes(raw.body))
                 except Exception:
                     events = None
-            # A message that names its conversation (a thread hint: email) is routed one by
-            # one (do_receive_message); the bulk path serves the sender's active conversation.
-            if events and all(
-                isinstance(e, InboundMessage) and not (e.thread_hints or e.conversation_key)
-                for e in events
-            ):
-                batch.append((raw, channel, events))  # type: ignore[arg-type]
+            if events and all(bulk_applicable(e) for e in events):
+                batch.append((raw, channel, events))
             else:
                 single.append(raw)
         if batch:
             try:
                 with transaction.atomic():
-                    items: list[tuple[Channel, InboundMessage]] = []
-                    for _raw, channel, events in batch:
-                        for event in events:
-                            target = channel_for_event(channel, event.business_handle)
-                            if target is not None:
-                                items.append((target, event))
-                    do_receive_batch(items)
-                    RawEvent.objects.filter(pk__in=[raw.pk for raw, _c, _e in batch]).update(
+                    again = do_apply_batch([(channel, events) for _r, channel, events in batch])
+                    done = [raw.pk for i, (raw, _c, _e) in enumerate(batch) if i not in again]
+                    RawEvent.objects.filter(pk__in=done).update(
                         processed_at=timezone.now(), lease_until=None, error=""
                     )
+                single.extend(batch[i][0] for i in sorted(again))
             except Exception:
                 log.info(
                     "batch of %s bodies failed; applying them one by one", len(batch), exc_info=True

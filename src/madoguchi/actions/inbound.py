@@ -58,6 +58,7 @@ from .outbound import (
     STATUS_FIELDS,
     advance_status,
     do_apply_status,
+    do_apply_statuses,
     load_for_update,
     publish_message,
 )
@@ -612,6 +613,43 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
             f" {outcome.pending_echoes} echoes while sends are in flight"
         )
     return outcome
+
+
+def bulk_applicable(event: InboundEvent) -> bool:
+    """Whether the busy path (do_apply_batch) takes ``event``: a receipt, or a customer message
+    for the sender's active conversation (one that names its conversation, an email thread, is
+    routed one by one by do_receive_message)."""
+    if isinstance(event, InboundMessage):
+        return not (event.thread_hints or event.conversation_key)
+    return isinstance(event, StatusUpdate)
+
+
+def do_apply_batch(bodies: list[tuple[Channel, list[InboundEvent]]]) -> set[int]:
+    """Apply together the events of many webhook bodies, each given with the channel it came to
+    (every event ``bulk_applicable``): customer messages by do_receive_batch, receipts by
+    do_apply_statuses; a constant number of queries for the whole batch. Returns the indexes
+    of the bodies that must still go through do_process_raw_event, those with a receipt for a
+    platform id not known here: what they hold was applied (idempotently: the single path
+    applies it again without change) and the single path retries the rest later (RetryLater)
+    or reconciles it by its reference. Must be called inside a transaction."""
+    messages: list[tuple[Channel, InboundMessage]] = []
+    statuses: list[tuple[Channel, StatusUpdate]] = []
+    owners: list[int] = []  # the body of each receipt
+    for index, (channel, events) in enumerate(bodies):
+        for event in events:
+            if not isinstance(event, InboundMessage | StatusUpdate):
+                raise ValueError(f"not for the busy path: {type(event).__name__}")
+            target = channel_for_event(channel, event.business_handle)
+            if target is None:
+                continue
+            if isinstance(event, StatusUpdate):
+                statuses.append((target, event))
+                owners.append(index)
+            else:
+                messages.append((target, event))
+    if messages:
+        do_receive_batch(messages)
+    return {owners[i] for i in do_apply_statuses(statuses)}
 
 
 def do_receive_messages(channel: Channel, inbounds: list[InboundMessage]) -> list[Message]:
