@@ -259,3 +259,45 @@ def test_a_receipt_for_an_unknown_message_still_waits_and_a_reference_still_reco
     run_batch(worker, django_capture_on_commit_callbacks)
     assert Message.objects.get(pk=later.pk).status == "delivered"
     assert not RawEvent.objects.filter(processed_at__isnull=True).exists()
+
+
+def test_a_body_with_a_customer_message_and_a_receipt_is_applied_in_the_batch(
+    setup, worker, events, django_capture_on_commit_callbacks, monkeypatch
+):
+    from django.utils import timezone
+
+    from madoguchi.models import Message, RawEvent
+
+    [reply] = sent_messages(setup, 1, "mixed-body")
+    handle = reply.conversation.identity.handle
+    body = envelope(
+        {
+            "contacts": [{"profile": {"name": "Customer"}, "wa_id": handle}],
+            "messages": [
+                {
+                    "from": handle,
+                    "id": "wamid.in-mixed",
+                    "timestamp": str(int(time.time())),
+                    "type": "text",
+                    "text": {"body": "thanks!"},
+                }
+            ],
+            "statuses": [
+                {
+                    "id": reply.platform_message_id,
+                    "status": "read",
+                    "timestamp": str(int(time.time())),
+                    "recipient_id": handle,
+                }
+            ],
+        },
+        phone_number_id=reply.channel.business_handle,
+    )
+    RawEvent.objects.create(
+        channel_id=reply.channel_id, body=compact(body), received_at=timezone.now()
+    )
+    monkeypatch.setattr(worker, "process_raw_event", lambda raw: pytest.fail("not in bulk"))
+    run_batch(worker, django_capture_on_commit_callbacks)
+    assert Message.objects.get(pk=reply.pk).status == "read"
+    assert Message.objects.get(platform_message_id="wamid.in-mixed").direction == "in"
+    assert not RawEvent.objects.filter(processed_at__isnull=True).exists()
