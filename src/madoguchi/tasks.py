@@ -144,11 +144,6 @@ def pacing(channel: Channel) -> Reschedule:
     return Reschedule(delay, "pacing", counts_as_attempt=False)
 
 
-# Send jobs of a batch marked SENDING together, just before the first of them is sent: fewer
-# statements than one per send, and a kill marks at most this many that were not sent.
-MARK_AHEAD = 8
-
-
 def reserve_send_slot(channel: Channel, job: Job | None = None) -> float:
     """One send's slot (reserve_send_slots): returns 0 or the seconds to sleep (at most
     MAX_PACING_SLEEP) before sending in it; raises Reschedule (not counted as an attempt, no
@@ -284,9 +279,9 @@ def send_messages(
     ``exc.trace``) for the worker to settle; the finished ones are deleted here.
 
     One query loads the messages, one transaction per number reserves the batch's slots on it,
-    one UPDATE marks the next MARK_AHEAD jobs SENDING before their calls (a killed batch marks
-    at most that many messages that never left as maybe sent twice), each send commits its platform id right after the platform's answer (the window for a
-    double send is as narrow as for a single job), and one transaction writes the audit rows,
+    each send commits its platform id right after the platform's answer, with the next job's
+    SENDING mark (the window for a double send is as narrow as for a single job, and a kill
+    leaves one job marked that may not have left), and one transaction writes the audit rows,
     the events and deletes the finished jobs. ``jobs`` were just claimed or renewed;
     ``still_ours`` is asked before each send with the jobs left: it renews their leases when
     due and returns those not taken over meanwhile (never send a job we lost)."""
@@ -326,14 +321,11 @@ def send_messages(
             if job not in still_ours([rest for _s, rest, _m, _t in planned[index:]]):
                 log.info("job %s was taken over by another worker; skipped", job.pk)
                 continue
-            if job.pk not in marked:  # before its call, with the next few: see SENDING
-                ahead = planned[index : index + MARK_AHEAD]
-                # the latest of their calls: a receipt is waited for from then on, at least
-                at = max(time.time(), *(s for s, _j, _m, _t in ahead))
-                Job.objects.filter(pk__in=[rest.pk for _s, rest, _m, _t in ahead]).update(
-                    last_error=sending_mark(at)
+            if job.pk not in marked:  # the first send of the batch, or after one that failed
+                Job.objects.filter(pk=job.pk).update(
+                    last_error=sending_mark(max(time.time(), slot))
                 )
-                marked.update(rest.pk for _s, rest, _m, _t in ahead)
+                marked.add(job.pk)
             wait = slot - time.time()
             if wait > 0:
                 time.sleep(wait)
@@ -357,7 +349,17 @@ def send_messages(
                 exc.trace = traceback.format_exc(limit=5)  # type: ignore[attr-defined]
                 outcomes[job.pk] = exc
                 continue
-            outbound.do_commit_platform_id(message.pk, sent, maybe_twice=maybe_twice)
+            # the next send's SENDING mark goes in the same commit as this platform id: each
+            # job is marked just before its call, at no extra commit, so a kill leaves at most
+            # the one send in flight to wait for its receipt (awaiting_receipt)
+            upcoming = planned[index + 1] if index + 1 < len(planned) else None
+            then_mark = None
+            if upcoming is not None:
+                then_mark = (upcoming[1].pk, sending_mark(max(time.time(), upcoming[0])))
+                marked.add(upcoming[1].pk)
+            outbound.do_commit_platform_id(
+                message.pk, sent, maybe_twice=maybe_twice, then_mark=then_mark
+            )
             recorded.append((message.pk, sent, maybe_twice))
             finished.append(job)
     finally:

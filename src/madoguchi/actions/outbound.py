@@ -26,6 +26,7 @@ from madoguchi.models import (
     Contact,
     ContactIdentity,
     Conversation,
+    Job,
     Message,
     Template,
     User,
@@ -410,7 +411,13 @@ def advance_status(message: Message, status: str, error: PlatformError | None = 
 STATUS_FIELDS = ["status", "error_code", "error_title", "error_details", "data"]
 
 
-def do_commit_platform_id(message_id: int, sent: SentMessage, *, maybe_twice: bool = False) -> None:
+def do_commit_platform_id(
+    message_id: int,
+    sent: SentMessage,
+    *,
+    maybe_twice: bool = False,
+    then_mark: tuple[int, str] | None = None,
+) -> None:
     """The platform accepted the message: commit its platform id (and ``sent``, from ``queued``
     only: statuses never go back) at once, in a transaction of its own.
 
@@ -418,7 +425,9 @@ def do_commit_platform_id(message_id: int, sent: SentMessage, *, maybe_twice: bo
     would send the message again when its job comes back. The audit row and the event follow
     (do_record_sent_batch). ``maybe_twice``: the ``data.maybe_sent_twice`` mark is committed
     with the id, not with the audit row: a worker killed in between must not leave a double
-    unmarked (its job then finds the id and never comes back to mark it)."""
+    unmarked (its job then finds the id and never comes back to mark it). ``then_mark``: (job
+    id, text) written to that job's ``last_error`` in the same commit: the worker's SENDING
+    mark of its next send (tasks.send_messages)."""
     platform_id = sent.platform_message_id
     with transaction.atomic():
         if maybe_twice:
@@ -437,6 +446,8 @@ def do_commit_platform_id(message_id: int, sent: SentMessage, *, maybe_twice: bo
         )
         if not moved:  # failed meanwhile (given up): keep its status, remember the id anyway
             Message.objects.filter(pk=message_id).update(platform_message_id=platform_id)
+        if then_mark is not None:
+            Job.objects.filter(pk=then_mark[0]).update(last_error=then_mark[1])
 
 
 def do_record_sent_batch(sends: list[tuple[int, SentMessage, bool]]) -> list[Message]:
