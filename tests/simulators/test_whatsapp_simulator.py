@@ -825,6 +825,31 @@ def test_it_batches_messages_and_statuses_in_one_post(world: World) -> None:
     assert world.sim.flush(PNID) is None
 
 
+def test_it_aggregates_statuses_in_a_window_and_keeps_each_messages_order(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(status_batch_window=0.3)
+    world.sim.customer_sends(PNID, CUSTOMER, "Sheena", "hi")
+    before = len(world.receiver.hits)
+    wamids = [world.send(text_body(f"n{n}")).json()["messages"][0]["id"] for n in range(5)]
+    wait_for(lambda: all(len(world.receiver.statuses(w)) == 3 for w in wamids), timeout=10)
+    posts = [json.loads(hit.raw) for hit in world.receiver.hits[before:]]
+    per_post = [
+        len(change["value"]["statuses"])
+        for post in posts
+        for entry in post["entry"]
+        for change in entry["changes"]
+    ]
+    assert sum(per_post) == 15
+    assert len(posts) < 15 and max(per_post) > 1  # several statuses in one POST
+    for wamid in wamids:
+        assert [s["status"] for s in world.receiver.statuses(wamid)] == [
+            "sent",
+            "delivered",
+            "read",
+        ]
+
+
 def test_it_can_deliver_a_duplicate_message(world: World) -> None:
     wamid = world.sim.customer_sends(PNID, CUSTOMER, "Sheena", "hi")
     assert world.sim.customer_sends(PNID, CUSTOMER, "Sheena", "hi", wamid=wamid) == wamid

@@ -747,6 +747,10 @@ class SentMessage(NamedTuple):
 # State
 
 
+# Meta's most updates in one webhook POST (A3).
+STATUS_BATCH_MAX = 1000
+
+
 @dataclass
 class _Number:
     phone_number_id: str
@@ -764,6 +768,9 @@ class _Number:
     faults: deque[tuple[Any, ...]] = field(default_factory=deque)
     pending: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
     batching: int = 0
+    # automatic statuses waiting for the aggregation window (status_batch_window), each with
+    # what to do once its POST is done (the next status of its chain)
+    aggregated: list[tuple[dict[str, Any], Callable[[], None]]] = field(default_factory=list)
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -840,6 +847,10 @@ class WhatsAppSimulator(HubSignedWebhooks):
             acknowledged or given up, so a message's statuses arrive in order.
         auto_read: emit ``read`` after ``delivered``.
         auto_statuses: emit status webhooks at all (benchmarks of the send path may turn it off).
+        status_batch_window: when above 0, the automatic statuses of a number are aggregated for
+            this many seconds and POSTed together, at most STATUS_BATCH_MAX per POST, as Meta
+            does under load (A3: "aggregated and sent in a batch with a maximum of 1000
+            updates"); each message's statuses still arrive in order.
         retry_delays: waits between webhook attempts; ``len + 1`` attempts at most.
         webhook_timeout: seconds per webhook attempt.
         media_url_ttl: lifetime of a media download URL (5 minutes on the platform).
@@ -856,6 +867,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
         status_delays: tuple[float, float, float] = (0.05, 0.1, 0.2),
         auto_read: bool = True,
         auto_statuses: bool = True,
+        status_batch_window: float = 0.0,
         retry_delays: Sequence[float] = (0.05, 0.1, 0.2, 0.4),
         webhook_timeout: float = 5.0,
         delivery_workers: int = 16,
@@ -869,6 +881,7 @@ class WhatsAppSimulator(HubSignedWebhooks):
         self.status_delays = status_delays
         self.auto_read = auto_read
         self.auto_statuses = auto_statuses
+        self.status_batch_window = status_batch_window
         self.retry_delays = tuple(retry_delays)
         self.webhook_timeout = webhook_timeout
         self.media_url_ttl = media_url_ttl
@@ -1388,6 +1401,9 @@ class WhatsAppSimulator(HubSignedWebhooks):
         delay, status, error = steps[0]
 
         def emit() -> None:
+            def then() -> None:
+                self._run_status_chain(phone_number_id, wamid, steps[1:])
+
             with self._lock:
                 number = self._numbers.get(phone_number_id)
                 out = self._outbound.get(wamid)
@@ -1395,24 +1411,59 @@ class WhatsAppSimulator(HubSignedWebhooks):
                     return
                 errors = [error.webhook_error()] if error is not None else None
                 item = self._status_object(wamid, out, status, errors=errors)
-                if number.batching:
-                    number.pending.append(("status", item, None))
-                    queued = True
+                if self.status_batch_window > 0 and not number.batching:
+                    number.aggregated.append((item, then))
+                    if len(number.aggregated) == 1:  # the first of a window: POST when it ends
+                        self._call_later(
+                            self.status_batch_window,
+                            lambda: self._post_aggregated(phone_number_id),
+                        )
+                    full = len(number.aggregated) >= STATUS_BATCH_MAX
                 else:
-                    queued = False
-                    body = encode_payload(self._status_envelope(number, item))
-                    url, secret = number.webhook_url, number.app_secret
-            if queued:
-                self._run_status_chain(phone_number_id, wamid, steps[1:])
+                    full = None
+                    queued = bool(number.batching)
+                    if queued:
+                        number.pending.append(("status", item, None))
+                    else:
+                        body = encode_payload(self._status_envelope(number, item))
+                        url, secret = number.webhook_url, number.app_secret
+            if full is not None:
+                if full:
+                    self._post_aggregated(phone_number_id)
                 return
-            self._deliver_async(
-                url,
-                secret,
-                body,
-                then=lambda: self._run_status_chain(phone_number_id, wamid, steps[1:]),
-            )
+            if queued:
+                then()
+                return
+            self._deliver_async(url, secret, body, then=then)
 
         self._call_later(delay, emit)
+
+    def _post_aggregated(self, phone_number_id: str) -> None:
+        """POST the statuses aggregated for a number (status_batch_window) in one webhook; each
+        one's chain goes on once that POST is done."""
+        with self._lock:
+            number = self._numbers.get(phone_number_id)
+            if number is None or not number.aggregated:
+                return
+            batch = number.aggregated[:STATUS_BATCH_MAX]
+            del number.aggregated[:STATUS_BATCH_MAX]
+            if number.aggregated:  # more than one POST's worth: the rest in the next window
+                self._call_later(
+                    self.status_batch_window, lambda: self._post_aggregated(phone_number_id)
+                )
+            value = {
+                "messaging_product": "whatsapp",
+                "metadata": number.metadata(),
+                "statuses": [item for item, _then in batch],
+            }
+            body = encode_payload(self._envelope(number, [value]))
+            url, secret = number.webhook_url, number.app_secret
+
+        def then() -> None:
+            for _item, next_step in batch:
+                next_step()
+
+        self._deliver_async(url, secret, body, then=then)
 
     # -- the HTTP application ---------------------------------------------------------------
 
@@ -2503,6 +2554,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--status-delays", default="0.05,0.1,0.2", help="sent,delivered,read delays in seconds"
     )
     parser.add_argument(
+        "--status-batch-window",
+        type=float,
+        default=0.0,
+        help="aggregate each number's statuses for N seconds into one POST (A3)",
+    )
+    parser.add_argument(
         "--chatter", type=float, default=0.0, help="simulated customers write every N seconds"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -2517,6 +2574,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sync_window_errors=args.sync_window_errors,
         auto_read=not args.no_auto_read,
         status_delays=delays,
+        status_batch_window=args.status_batch_window,
     )
     numbers, templates = _load_config(args.config)
     for kwargs in numbers:
