@@ -114,3 +114,20 @@ def test_a_worker_names_itself_so_it_can_be_judged():
     name = Worker().name
     assert name.startswith(f"{os.getpid()}.")
     assert not liveness.is_gone(name)
+
+
+def test_a_process_hidden_from_proc_is_not_taken_for_dead(child, monkeypatch):
+    """/proc mounted with hidepid shows no entry for another user's live process."""
+    _process, name = child
+    monkeypatch.setattr(liveness, "process_state", lambda pid: None)
+    assert not liveness.is_gone(name)  # os.kill(pid, 0) finds it
+
+
+def test_a_name_without_a_start_time_is_never_judged(child, monkeypatch):
+    process, name = child
+    pid, _start, place, rest = name.split(".", 3)
+    process.kill()
+    process.wait()
+    assert not liveness.is_gone(f"{pid}.0.{place}.{rest}")
+    monkeypatch.setattr(liveness, "process_state", lambda pid: None)
+    assert ".x." in liveness.worker_name()  # its own start time unreadable: not judgeable

@@ -12,7 +12,8 @@ import pytest
 from django.utils import timezone
 
 from madoguchi.models import AuditEvent, Job, Message, RawEvent
-from tests.helpers import post_webhook, run_worker_until, status_payload
+from madoguchi.queries.threads import send_reference
+from tests.helpers import PHONE_NUMBER_ID, post_webhook, run_worker_until, status_payload
 
 CUSTOMER = "819012345679"
 
@@ -138,7 +139,7 @@ def test_a_late_receipt_of_the_interrupted_attempt_records_the_double(
     # the first attempt's receipts come in at last (Meta names the message in every one)
     for status in ("sent", "delivered"):
         payload = status_payload(
-            first.wamid, status, recipient=CUSTOMER, reference=f"mg:{message.pk}"
+            first.wamid, status, recipient=CUSTOMER, reference=send_reference(message.pk)
         )
         assert post_webhook(server, sim.channel, payload).status_code == 200
         worker.run_until_idle()
@@ -166,7 +167,7 @@ def test_a_receipt_before_the_answer_of_a_live_send_records_it_once(
         recipient_handle=CUSTOMER,
         status="sent",
         timestamp=timezone.now(),
-        reference=f"mg:{message.pk}",
+        reference=send_reference(message.pk),
     )
     assert do_apply_status(sim.channel, update) is True
     do_record_sent(message.pk, SentMessage(platform_message_id="wamid.quick"))
@@ -198,10 +199,38 @@ def test_a_receipt_naming_a_message_of_another_channel_is_not_taken(
         recipient_handle=CUSTOMER,
         status="sent",
         timestamp=timezone.now(),
-        reference=f"mg:{message.pk}",
+        reference=send_reference(message.pk),
     )
     assert do_apply_status(other, update) is None
     assert Message.objects.get(pk=message.pk).platform_message_id in ("", None)
+
+
+@pytest.mark.parametrize("foreign", ["another install", "another recipient"])
+def test_a_receipt_whose_reference_is_not_ours_is_not_taken(
+    server, sim, worker, users, conversation, foreign
+):
+    """Another tool or a staging copy sending through the same number gets the same webhooks:
+    its reference "mg:<id>" (without our tag, or to another customer) names nothing here."""
+    from madoguchi.actions.outbound import check_send_text, do_apply_status
+    from madoguchi.providers.base import StatusUpdate
+
+    message = check_send_text(users["aiko"], conversation, "mine")
+    reference, recipient = send_reference(message.pk), CUSTOMER
+    if foreign == "another install":
+        reference = f"mg:{message.pk}:{'0' * 16}"
+    else:
+        recipient = "14155550000"
+    update = StatusUpdate(
+        platform_message_id="wamid.foreign",
+        business_handle=PHONE_NUMBER_ID,
+        recipient_handle=recipient,
+        status="read",
+        timestamp=timezone.now(),
+        reference=reference,
+    )
+    assert do_apply_status(sim.channel, update) is None
+    message.refresh_from_db()
+    assert message.platform_message_id in ("", None) and message.status == "queued"
 
 
 def test_each_send_names_its_message_for_the_receipts(api_as, sim, worker, users, conversation):
@@ -219,8 +248,8 @@ def test_each_send_names_its_message_for_the_receipts(api_as, sim, worker, users
     bodies = [s.body for s in sim.sent_to(CUSTOMER)]
     assert [b["type"] for b in bodies] == ["text", "template"]
     assert [b["biz_opaque_callback_data"] for b in bodies] == [
-        f"mg:{text.pk}",
-        f"mg:{template['id']}",
+        send_reference(text.pk),
+        send_reference(template["id"]),
     ]
 
 

@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from madoguchi.queries.threads import send_reference
 from tests.helpers import (
     ACCESS_TOKEN,
     APP_SECRET,
@@ -241,7 +242,7 @@ def test_a_receipt_for_an_unknown_message_still_waits_and_a_reference_still_reco
     later.platform_message_id = "wamid.not-recorded-yet"
     store_status(later, "delivered")
     adopted.platform_message_id = "wamid.killed-attempt"
-    store_status(adopted, "sent", biz_opaque_callback_data=f"mg:{adopted.pk}")
+    store_status(adopted, "sent", biz_opaque_callback_data=send_reference(adopted.pk))
     run_batch(worker, django_capture_on_commit_callbacks)
 
     assert Message.objects.get(pk=known.pk).status == "delivered"

@@ -31,15 +31,20 @@ def _read(path: str) -> str | None:
 
 @cache
 def place() -> str:
-    """The kernel and PID namespace this process runs in; empty where /proc cannot tell."""
+    """The kernel and PID namespace this process runs in; empty where /proc cannot tell (no
+    /proc, or a /proc of another PID namespace than this process's own)."""
     boot = _read("/proc/sys/kernel/random/boot_id")
     try:
-        namespace = os.readlink("/proc/self/ns/pid")
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return ""
+        namespaces = [os.readlink("/proc/self/ns/pid")]
+        if os.path.exists("/proc/self/ns/time"):  # start times are shifted per time namespace
+            namespaces.append(os.readlink("/proc/self/ns/time"))
     except OSError:
         return ""
     if not boot:
         return ""
-    return hashlib.sha256(f"{boot.strip()}|{namespace}".encode()).hexdigest()[:8]
+    return hashlib.sha256("|".join([boot.strip(), *namespaces]).encode()).hexdigest()[:8]
 
 
 def process_state(pid: int) -> tuple[str, str] | None:
@@ -59,8 +64,11 @@ def worker_name() -> str:
     """A new worker's name: unique among live workers, and judgeable by ``is_gone``."""
     pid = os.getpid()
     state = process_state(pid)
+    # without our own start time the name must never be judged: another worker would find
+    # any start time but "0" and take this live worker for a dead one
+    where = place() if state else ""
     start = state[1] if state else "0"
-    return f"{pid}.{start}.{place() or 'x'}.{next(_counter)}@{socket.gethostname()}"[:64]
+    return f"{pid}.{start}.{where or 'x'}.{next(_counter)}@{socket.gethostname()}"[:64]
 
 
 def is_gone(name: str) -> bool:
@@ -72,8 +80,18 @@ def is_gone(name: str) -> bool:
     if len(parts) != 4 or not parts[0].isdigit() or not place() or parts[2] != place():
         return False
     pid, start = int(parts[0]), parts[1]
+    if start == "0":
+        return False
     state = process_state(pid)
     if state is None:
-        return True
+        # no readable /proc entry: gone only if the kernel says there is no such process (a
+        # /proc mounted with hidepid hides other users' live processes)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
     status, started = state
     return status in ("Z", "X") or started != start

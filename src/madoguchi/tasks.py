@@ -106,7 +106,8 @@ def awaiting_receipt(job: Job, message: Message) -> Reschedule | None:
     at = interrupted_at(job)
     if at is None:
         return None
-    left = at + settings.SEND_RECONCILE_SECONDS - time.time()
+    # capped: the interrupted call's time comes from another worker's clock
+    left = min(at + settings.SEND_RECONCILE_SECONDS - time.time(), settings.SEND_RECONCILE_SECONDS)
     if left <= 0:
         return None
     return Reschedule(min(left, RECONCILE_POLL_SECONDS), job.last_error, counts_as_attempt=False)
@@ -354,8 +355,8 @@ def send_messages(
             # the one send in flight to wait for its receipt (awaiting_receipt)
             upcoming = planned[index + 1] if index + 1 < len(planned) else None
             then_mark = None
-            if upcoming is not None:
-                then_mark = (upcoming[1].pk, sending_mark(max(time.time(), upcoming[0])))
+            if upcoming is not None and upcoming[2].channel_id not in held:
+                then_mark = (upcoming[1], sending_mark(max(time.time(), upcoming[0])))
                 marked.add(upcoming[1].pk)
             outbound.do_commit_platform_id(
                 message.pk, sent, maybe_twice=maybe_twice, then_mark=then_mark

@@ -26,6 +26,7 @@ from madoguchi.models import (
     Contact,
     ContactIdentity,
     Conversation,
+    Job,
     Message,
     Template,
     User,
@@ -414,7 +415,7 @@ COMMIT_PLATFORM_ID = (
     "UPDATE madoguchi_message SET platform_message_id = %s,"
     " status = CASE WHEN status = 'queued' THEN 'sent' ELSE status END WHERE id = %s"
 )
-MARK_JOB = "UPDATE madoguchi_job SET last_error = %s WHERE id = %s"
+MARK_JOB = "UPDATE madoguchi_job SET last_error = %s WHERE id = %s AND claimed_by = %s"
 
 
 def do_commit_platform_id(
@@ -422,7 +423,7 @@ def do_commit_platform_id(
     sent: SentMessage,
     *,
     maybe_twice: bool = False,
-    then_mark: tuple[int, str] | None = None,
+    then_mark: tuple[Job, str] | None = None,
 ) -> None:
     """The platform accepted the message: commit its platform id (and ``sent``, from ``queued``
     only: statuses never go back) at once, in a transaction of its own.
@@ -431,9 +432,10 @@ def do_commit_platform_id(
     would send the message again when its job comes back. The audit row and the event follow
     (do_record_sent_batch). ``maybe_twice``: the ``data.maybe_sent_twice`` mark is committed
     with the id, not with the audit row: a worker killed in between must not leave a double
-    unmarked (its job then finds the id and never comes back to mark it). ``then_mark``: (job
-    id, text) written to that job's ``last_error`` in the same commit: the worker's SENDING
-    mark of its next send (tasks.send_messages)."""
+    unmarked (its job then finds the id and never comes back to mark it). ``then_mark``: (job,
+    text) written to that job's ``last_error`` in the same commit, while the job is still
+    claimed by the same worker: the worker's SENDING mark of its next send
+    (tasks.send_messages)."""
     platform_id = sent.platform_message_id
     with transaction.atomic():
         if maybe_twice:
@@ -453,7 +455,8 @@ def do_commit_platform_id(
         with connection.cursor() as cursor:
             cursor.execute(COMMIT_PLATFORM_ID, [platform_id, message_id])
             if then_mark is not None:
-                cursor.execute(MARK_JOB, [then_mark[1], then_mark[0]])
+                job, mark = then_mark
+                cursor.execute(MARK_JOB, [mark, job.pk, job.claimed_by])
 
 
 def do_record_sent_batch(sends: list[tuple[int, SentMessage, bool]]) -> list[Message]:
@@ -664,8 +667,13 @@ def do_reconcile_status(channel: Channel, update: StatusUpdate) -> bool | None:
     if message_id is None:
         return None
     with transaction.atomic():
-        ours = Message.objects.filter(pk=message_id, channel=channel, direction="out").exists()
-        if not ours:
+        ours = Message.objects.filter(
+            pk=message_id,
+            channel=channel,
+            direction="out",
+            conversation__identity__handle=update.recipient_handle,
+        ).exists()
+        if not ours:  # not a message of ours to that recipient
             return None
         message = load_for_update(message_id)
         platform_id = update.platform_message_id

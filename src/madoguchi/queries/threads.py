@@ -74,17 +74,26 @@ def send_context(message: Message, *, history: bool = True) -> SendContext:
 
 
 # A send's reference (SendContext.reference), echoed back in the platform's receipts
-# (StatusUpdate.reference) where the platform does that: our message id. Not secret: receipts
-# arrive signed by the platform, and only messages of the receipt's own channel are looked up.
-REFERENCE_RE = re.compile(r"^mg:([0-9]{1,18})$")
+# (StatusUpdate.reference) where the platform does that: our message id and a short HMAC under
+# this installation's secret key. Receipts arrive signed by the platform, but another tool or
+# a staging copy sending through the same number would get the same webhooks: its "mg:1234"
+# must not name our message 1234.
+REFERENCE_RE = re.compile(r"^mg:([0-9]{1,18}):([0-9a-f]{16})$")
+
+
+def reference_tag(message_id: int) -> str:
+    return salted_hmac("madoguchi.send_reference", str(message_id)).hexdigest()[:16]
 
 
 def send_reference(message_id: int) -> str:
-    """``mg:<message id>``."""
-    return f"mg:{message_id}"
+    """``mg:<message id>:<tag>``."""
+    return f"mg:{message_id}:{reference_tag(message_id)}"
 
 
 def message_id_for_reference(reference: str) -> int | None:
     """The message a receipt's reference names; None when it is not one of ours."""
     match = REFERENCE_RE.match(reference.strip())
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    message_id = int(match.group(1))
+    return message_id if constant_time_compare(match.group(2), reference_tag(message_id)) else None
