@@ -484,9 +484,9 @@ def do_record_sent_batch(sends: list[tuple[int, SentMessage, bool]]) -> list[Mes
             if message.data.get("platform_id_from_receipt") == sent.platform_message_id:
                 recorded.append(message)  # its receipt came first and recorded it
                 continue
-            if maybe_twice:
-                message.data = {**message.data, "maybe_sent_twice": True}
-                message.save(update_fields=["data"])
+            # (the maybe_sent_twice mark is in message.data already: do_commit_platform_id
+            # committed it with the id; saving data again here could undo what a receipt wrote
+            # since)
             conversation = message.conversation
             rows.append(
                 AuditEvent(
