@@ -193,48 +193,14 @@ def test_the_pair_limit_delays_only_that_recipient(api_as, server, sim, worker, 
     assert errors.get(131056, errors.get("131056", 0)) >= 1
 
 
-def test_a_worker_killed_between_claiming_and_sending_sends_once_after_restart(
-    api_as, sim, worker, conversation, tmp_path
-):
-    sent = api_as("aiko").post(f"/conversations/{conversation.pk}/messages", {"text": "once"}, 202)
+def kill_a_worker_holding_the_send(lease_seconds: int) -> Job:
+    """Start a worker process that claims the queued send and pauses before sending it, SIGKILL
+    it, and return the job as that worker left it."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
         "MADOGUCHI_FAULT_PAUSE_AFTER_CLAIM": "60",
-        "MADOGUCHI_JOB_LEASE_SECONDS": "1",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "madoguchi.cli", "worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(
-            lambda: Job.objects.filter(kind="send_message").exclude(claimed_by="").exists(),
-            timeout=30,
-        )
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert message_status(sent["id"]) == "queued"
-    time.sleep(1.1)  # let the dead worker's lease run out
-    run_worker_until(worker, lambda: message_status(sent["id"]) == "read")
-    worker.run_until_idle()
-    assert [s.body["text"]["body"] for s in sim.sent_to(CUSTOMER)] == ["once"]
-
-
-def test_a_killed_workers_claims_go_to_another_worker_without_waiting_for_the_lease(
-    api_as, sim, worker, conversation
-):
-    sent = api_as("aiko").post(f"/conversations/{conversation.pk}/messages", {"text": "now"}, 202)
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "MADOGUCHI_FAULT_PAUSE_AFTER_CLAIM": "60",
-        "MADOGUCHI_JOB_LEASE_SECONDS": "600",
+        "MADOGUCHI_JOB_LEASE_SECONDS": str(lease_seconds),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "madoguchi.cli", "worker"],
@@ -253,6 +219,26 @@ def test_a_killed_workers_claims_go_to_another_worker_without_waiting_for_the_le
     finally:
         if process.poll() is None:
             process.kill()
+    return claim
+
+
+def test_a_worker_killed_between_claiming_and_sending_sends_once_after_restart(
+    api_as, sim, worker, conversation
+):
+    sent = api_as("aiko").post(f"/conversations/{conversation.pk}/messages", {"text": "once"}, 202)
+    kill_a_worker_holding_the_send(lease_seconds=1)
+    assert message_status(sent["id"]) == "queued"
+    time.sleep(1.1)  # let the dead worker's lease run out
+    run_worker_until(worker, lambda: message_status(sent["id"]) == "read")
+    worker.run_until_idle()
+    assert [s.body["text"]["body"] for s in sim.sent_to(CUSTOMER)] == ["once"]
+
+
+def test_a_killed_workers_claims_go_to_another_worker_without_waiting_for_the_lease(
+    api_as, sim, worker, conversation
+):
+    sent = api_as("aiko").post(f"/conversations/{conversation.pk}/messages", {"text": "now"}, 202)
+    claim = kill_a_worker_holding_the_send(lease_seconds=600)
     assert claim.lease_until > timezone.now() + timedelta(minutes=9)  # held for ten minutes
     run_worker_until(worker, lambda: message_status(sent["id"]) == "read")
     assert [s.body["text"]["body"] for s in sim.sent_to(CUSTOMER)] == ["now"]
