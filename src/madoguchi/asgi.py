@@ -20,6 +20,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 from starlette.staticfiles import StaticFiles  # noqa: E402
 
+from madoguchi import gcpolicy  # noqa: E402
 from madoguchi.realtime.consumers import RAW_SEND, EventsConsumer  # noqa: E402
 from madoguchi.realtime.publish import register_server_loop, relay_from_redis  # noqa: E402
 from madoguchi.views.request_threads import request_threads  # noqa: E402
@@ -64,6 +65,7 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            gcpolicy.install(settings.GC_FULL_SECONDS)
             register_server_loop(asyncio.get_running_loop())
             if settings.REDIS_URL:
                 relay = asyncio.get_running_loop().create_task(relay_from_redis(stop_relay))
@@ -78,6 +80,7 @@ async def lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 stop_relay.set()
                 relay.cancel()
             register_server_loop(None)
+            gcpolicy.uninstall()
             await send({"type": "lifespan.shutdown.complete"})
             return
 
