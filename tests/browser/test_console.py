@@ -120,8 +120,11 @@ def test_the_japanese_console_speaks_japanese(agent, sim):
 
 @pytest.mark.parametrize("locale,tag", [("en-US", "en"), ("ja-JP", "ja")])
 def test_the_phone_layout_goes_from_list_to_thread_and_back(agent, sim, locale, tag):
+    from madoguchi.models import Channel
+
     sim.customer_sends(CUSTOMER, "Yuki Tanaka", "Can I change my delivery address?")
     conversation_of()
+    Channel.objects.update(name="Tokyo Flagship Store WhatsApp")  # a name that fills the row
     ben = agent(
         "ben", locale=locale, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
     )
@@ -129,6 +132,13 @@ def test_the_phone_layout_goes_from_list_to_thread_and_back(agent, sim, locale, 
     page = ben.page
     expect(page.locator("#list-pane")).to_be_visible()
     expect(page.locator("#thread-pane")).to_be_hidden()
+    # a row's channel, owner and window stay on one line (a wrapped line began with its "·")
+    meta = page.locator("#conversation-list .row-meta").first
+    expect(meta.locator(".window")).to_be_visible()
+    lines = meta.evaluate(
+        "(m) => new Set([...m.children].map((s) => Math.round(s.getBoundingClientRect().top))).size"
+    )
+    assert lines == 1
     ben.screenshot(f"phone-{tag}-list")
     page.locator("#conversation-list .row a").first.tap()
     expect(page.locator("#thread-pane")).to_be_visible(timeout=LIVE)
