@@ -317,3 +317,43 @@ def test_the_mark_lands_with_the_platform_id_when_the_retrying_worker_dies_too(
     message.refresh_from_db()
     assert message.platform_message_id == sim.sent_to(CUSTOMER)[1].wamid
     assert message.data.get("maybe_sent_twice") is True
+
+
+@pytest.mark.parametrize(
+    "setback",
+    ["busy number", "server error", "throttled number"],
+)
+def test_the_interrupted_attempt_is_remembered_through_a_retry_that_does_not_send(
+    sim, worker, users, conversation, monkeypatch, settings, setback
+):
+    """The retry of an interrupted send is put off (the number's slots are taken, or the platform
+    answers 5xx or 130429): the job must still say that its first attempt may have left, so the
+    send that finally goes is marked."""
+    from madoguchi.actions.outbound import check_send_text
+    from madoguchi.models import Throttle
+    from madoguchi.tasks import SENDING
+
+    sim.simulator.auto_statuses = False  # no receipt names the first attempt
+    message = check_send_text(users["aiko"], conversation, "maybe twice")
+    job = killed_after_the_platform_accepted(worker, monkeypatch)
+    the_wait_is_over(settings)
+    if setback == "busy number":
+        Throttle.objects.filter(name=f"channel:{message.channel_id}").update(
+            next_free=timezone.now().timestamp() + 30
+        )
+    elif setback == "server error":
+        sim.simulator.inject_faults(PHONE_NUMBER_ID, [("http", 503)])
+    else:
+        sim.simulator.inject_faults(PHONE_NUMBER_ID, [("graph", 130429)])
+
+    worker.run_once()
+    put_off = Job.objects.get(pk=job.pk)
+    assert put_off.last_error == job.last_error and put_off.last_error.startswith(SENDING)
+    assert Message.objects.get(pk=message.pk).status == "queued"
+
+    Throttle.objects.all().update(next_free=0)
+    Job.objects.filter(pk=job.pk).update(run_at=timezone.now())
+    run_worker_until(worker, lambda: Message.objects.get(pk=message.pk).status != "queued")
+    message.refresh_from_db()
+    assert message.data.get("maybe_sent_twice") is True
+    assert len(sim.sent_to(CUSTOMER)) == 2

@@ -250,6 +250,16 @@ def interrupted(job: Job) -> bool:
     return job.attempts > 1 and job.last_error.startswith(SENDING)
 
 
+def still_marked(job: Job, reason: str) -> str:
+    """The ``last_error`` of a job that did not finish, as claimed (``job``), for ``reason``: an
+    earlier attempt's SENDING mark outlives every outcome of this one but a send (then the
+    message is marked) or a new mark. Otherwise a retry rescheduled for pacing, a refusal or an
+    error would forget that the message may already have left, and send it again unmarked."""
+    if interrupted(job) and not reason.startswith(SENDING):
+        return job.last_error
+    return reason
+
+
 def send_message(job: Job, message_id: int) -> None:
     message = load_messages([message_id]).get(message_id)
     if not sendable(message):

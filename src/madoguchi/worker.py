@@ -34,7 +34,14 @@ from madoguchi.models import Channel, Job, RawEvent
 from madoguchi.providers.base import InboundEvent
 from madoguchi.providers.registry import provider_class, provider_for
 from madoguchi.realtime import wakeup
-from madoguchi.tasks import HANDLERS, Reschedule, give_up, retry_delay, send_messages
+from madoguchi.tasks import (
+    HANDLERS,
+    Reschedule,
+    give_up,
+    retry_delay,
+    send_messages,
+    still_marked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +270,7 @@ class Worker:
             update = {
                 "run_at": timezone.now() + timedelta(seconds=exc.delay),
                 "lease_until": None,
-                "last_error": exc.reason[:2000],
+                "last_error": still_marked(job, exc.reason)[:2000],
             }
             if not exc.counts_as_attempt:  # waiting for a slot is not a failure
                 update["attempts"] = F("attempts") - 1
@@ -278,7 +285,7 @@ class Worker:
         mine.update(
             run_at=timezone.now() + timedelta(seconds=retry_delay(job.attempts)),
             lease_until=None,
-            last_error=trace[:2000],
+            last_error=still_marked(job, trace)[:2000],
         )
 
     # -- scheduling ----------------------------------------------------------------------
