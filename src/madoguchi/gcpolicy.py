@@ -10,8 +10,8 @@ are opening they come again and again, each longer than the last.
 The policy: when a full collection ends, its survivors go to the permanent generation
 (``gc.freeze``), so the next one walks only what became long-lived since (measured: 30-70 ms
 at 5,000 sockets instead of 600). Frozen objects are still freed by reference counting, which
-is how a closed socket's objects go. What a frozen object cannot be is found as part of a
-garbage *cycle*. So that such garbage cannot pile up, a full collection at least every
+is how a closed socket's objects go; only a garbage *cycle* among frozen objects stays, since
+no collection walks them. So that such garbage cannot pile up, a full collection at least every
 ``GC_FULL_SECONDS`` starts by thawing everything (``gc.unfreeze``) and walks it all. Measured
 in B6: after 5,000 sockets opened and closed, such a walk found 36 to 63 objects to free.
 """
