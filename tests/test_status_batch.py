@@ -302,3 +302,134 @@ def test_a_body_with_a_customer_message_and_a_receipt_is_applied_in_the_batch(
     assert Message.objects.get(pk=reply.pk).status == "read"
     assert Message.objects.get(platform_message_id="wamid.in-mixed").direction == "in"
     assert not RawEvent.objects.filter(processed_at__isnull=True).exists()
+
+
+def store_statuses(items: list[tuple[Any, str]]) -> Any:
+    """One webhook body with a receipt for each ``(message, status)``, in that order (the
+    messages of one channel), stored as the webhook view stores it."""
+    from django.utils import timezone
+
+    from madoguchi.models import RawEvent
+
+    first = items[0][0]
+    body = envelope(
+        {
+            "statuses": [
+                {
+                    "id": message.platform_message_id,
+                    "status": status,
+                    "timestamp": str(int(time.time())),
+                    "recipient_id": message.conversation.identity.handle,
+                }
+                for message, status in items
+            ]
+        },
+        phone_number_id=first.channel.business_handle,
+    )
+    return RawEvent.objects.create(
+        channel_id=first.channel_id, body=compact(body), received_at=timezone.now()
+    )
+
+
+def test_two_bodies_naming_the_same_messages_in_other_orders_apply_whole(
+    setup, transactional_db, monkeypatch
+):
+    """Two workers apply, one event at a time (the single path), two bodies whose receipts name
+    the same two messages in opposite orders, each pausing after its first event until the
+    other has applied its own. Locked in each body's order, that is a deadlock on PostgreSQL:
+    one receipt refused after a second's wait, and lost. Locked in id order up front, the
+    second worker waits for the first (the pause gives up) and both bodies apply whole."""
+    import threading
+
+    from django.db import connection as default_connection
+
+    from madoguchi.actions import inbound
+    from madoguchi.models import Message, RawEvent
+    from madoguchi.providers.registry import provider_for
+
+    one, _other_number, two = sent_messages(setup, 3, "order")  # one and two: the same number
+    bodies = [
+        store_statuses([(one, "delivered"), (two, "delivered")]),
+        store_statuses([(two, "read"), (one, "read")]),
+    ]
+    both_applied_one = threading.Barrier(2, timeout=1.0)
+    applying = inbound.apply_event
+    local = threading.local()
+
+    def apply_then_pause(*args: Any, **kwargs: Any) -> None:
+        applying(*args, **kwargs)
+        if not getattr(local, "paused", False):
+            local.paused = True
+            try:
+                both_applied_one.wait()
+            except threading.BrokenBarrierError:
+                pass  # the other is waiting for our locks
+
+    monkeypatch.setattr(inbound, "apply_event", apply_then_pause)
+    errors: list[BaseException] = []
+
+    def process(raw: Any) -> None:
+        try:
+            events = provider_for(setup["channels"][0]).parse_webhook(bytes(raw.body))
+            inbound.do_process_raw_event(raw, events)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            default_connection.close()
+
+    threads = [threading.Thread(target=process, args=(raw,)) for raw in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert list(RawEvent.objects.filter(pk__in=[b.pk for b in bodies]).values_list("error")) == [
+        ("",),
+        ("",),
+    ]
+    assert not RawEvent.objects.filter(pk__in=[b.pk for b in bodies], processed_at=None).exists()
+    assert set(
+        Message.objects.filter(pk__in=[one.pk, two.pk]).values_list("status", flat=True)
+    ) == {"read"}
+
+
+def test_a_body_the_database_asks_to_try_again_is_retried_whole(setup, monkeypatch):
+    """A deadlock (or a serialization failure) refuses a statement for the moment only: the
+    body is rolled back and retried later, not stored as processed with that receipt lost."""
+    import psycopg
+    from django.db import OperationalError
+
+    from madoguchi.actions import inbound
+    from madoguchi.actions.inbound import RetryLater, do_process_raw_event
+    from madoguchi.models import Message
+    from madoguchi.providers.registry import provider_for
+
+    one, _other_number, two = sent_messages(setup, 3, "again")
+    raw = store_statuses([(one, "delivered"), (two, "delivered")])
+    events = provider_for(setup["channels"][0]).parse_webhook(bytes(raw.body))
+    applying = inbound.apply_event
+    calls = count()
+
+    def second_one_deadlocks(*args: Any, **kwargs: Any) -> None:
+        if next(calls) == 1:
+            try:
+                raise psycopg.errors.DeadlockDetected("deadlock detected")
+            except psycopg.Error as exc:
+                raise OperationalError(str(exc)) from exc
+        applying(*args, **kwargs)
+
+    monkeypatch.setattr(inbound, "apply_event", second_one_deadlocks)
+    with pytest.raises(RetryLater, match="deadlock detected"):
+        do_process_raw_event(raw, events)
+    raw.refresh_from_db()
+    assert (raw.processed_at, raw.error) == (None, "")
+    assert set(
+        Message.objects.filter(pk__in=[one.pk, two.pk]).values_list("status", flat=True)
+    ) == {"sent", "queued"}  # the first receipt was rolled back with the body
+
+    do_process_raw_event(raw, events)  # tried again
+    raw.refresh_from_db()
+    assert raw.processed_at is not None and raw.error == ""
+    assert set(
+        Message.objects.filter(pk__in=[one.pk, two.pk]).values_list("status", flat=True)
+    ) == {"delivered"}

@@ -60,6 +60,7 @@ from .outbound import (
     do_apply_status,
     do_apply_statuses,
     load_for_update,
+    lock_messages_named,
     publish_message,
 )
 
@@ -552,6 +553,20 @@ class RetryLater(Exception):
     """Processing must be tried again later (e.g. a status arrived before its message)."""
 
 
+# PostgreSQL's deadlock_detected, serialization_failure and lock_not_available: the transaction
+# was chosen to give way, and the same work succeeds when tried again.
+TRANSIENT_SQLSTATES = {"40P01", "40001", "55P03"}
+
+
+def transient(exc: DatabaseError) -> bool:
+    """Whether the database refused ``exc``'s statement for the moment only (a deadlock, a
+    serialization failure, SQLite's lock wait running out), not for what it wrote."""
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        return True
+    return connection.vendor == "sqlite" and "database is locked" in str(exc)
+
+
 # How long a status for a message we do not know yet is retried: the send's answer may still be
 # on its way (statuses can arrive before the send call returns). Bounded in tries too: the
 # worker stops claiming a body after RAW_EVENT_MAX_ATTEMPTS (20), and a body still waiting then
@@ -575,6 +590,14 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
     patient = age < UNKNOWN_STATUS_PATIENCE_SECONDS and raw.attempts < UNKNOWN_STATUS_MAX_ATTEMPTS
     try:
         with transaction.atomic():
+            lock_messages_named(
+                [
+                    (target, event)
+                    for event in events
+                    if isinstance(event, StatusUpdate)
+                    and (target := channel_for_event(channel, event.business_handle)) is not None
+                ]
+            )
             for event in events:
                 try:
                     # One savepoint per event: an event the database refuses is reported
@@ -584,6 +607,8 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
                 except IntegrityError:
                     raise
                 except DatabaseError as exc:
+                    if transient(exc):
+                        raise  # the whole body again later: nothing of it is lost
                     failures.append(f"{type(event).__name__}: {exc}")
                     log.warning("event of raw event %s refused: %s", raw.pk, exc)
             notices = [e for e in events if isinstance(e, PlatformNotice)]
@@ -606,6 +631,10 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
     except IntegrityError as exc:
         # Another worker stored the same contact or message at the same moment: try again.
         raise RetryLater(f"concurrent insert: {exc}") from None
+    except DatabaseError as exc:
+        if not transient(exc):
+            raise
+        raise RetryLater(f"the database asked to try again: {exc}") from None
     if retry:
         # What could be applied is committed (and re-applying it later changes nothing).
         raise RetryLater(

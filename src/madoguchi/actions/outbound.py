@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -566,6 +567,31 @@ def do_apply_status(channel: Channel, update: StatusUpdate) -> bool | None:
         )
         publish_message(message, message.conversation, op="update")
         return True
+
+
+def lock_messages_named(items: list[tuple[Channel, StatusUpdate]]) -> None:
+    """Lock, in id order and in one statement, the messages these receipts name (by platform
+    id, or by reference: do_reconcile_status), for a caller that then applies them one by one
+    in the same transaction. Applied in the body's order instead, two bodies naming the same
+    messages in another order deadlock: PostgreSQL resolves that only after its
+    deadlock_timeout (1 s), and both workers wait that long for every pair of such rows. Must
+    be called inside a transaction."""
+    if not items or not connection.features.has_select_for_update:
+        return  # SQLite: one writer at a time, nothing to order
+    by_channel: dict[int, tuple[set[str], set[int]]] = {}
+    for channel, update in items:
+        platform_ids, references = by_channel.setdefault(channel.pk, (set(), set()))
+        platform_ids.add(update.platform_message_id)
+        referenced = message_id_for_reference(update.reference) if update.reference else None
+        if referenced is not None:
+            references.add(referenced)
+    named = Q()
+    for channel_id, (platform_ids, references) in by_channel.items():
+        either = Q(platform_message_id__in=platform_ids)
+        if references:
+            either |= Q(pk__in=references)
+        named |= Q(channel_id=channel_id) & either
+    list(Message.objects.select_for_update().filter(named).order_by("pk").values_list("pk"))
 
 
 def do_apply_statuses(items: list[tuple[Channel, StatusUpdate]]) -> list[int]:
