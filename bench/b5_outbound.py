@@ -199,7 +199,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> N
 
 
 def run(kind: str, quick: bool) -> list[Result]:
-    recipients, per_recipient = (100, 4) if quick else (250, 40)
+    recipients, per_recipient = (100, 12) if quick else (250, 40)
     workers_count = 2
     total = NUMBERS * recipients * per_recipient
     db = Database(kind)

@@ -3,6 +3,8 @@ failures, and the statements a send costs."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -193,3 +195,36 @@ def test_a_batch_retried_after_a_kill_sends_nothing_twice(
         )
         assert "maybe_sent_twice" not in message.data
     assert Message.objects.get(pk=in_flight).data.get("platform_id_from_receipt")
+
+
+@pytest.mark.parametrize("burst", [0.25, 0.0])
+def test_the_pace_makes_up_at_most_the_burst_of_throughput_that_went_unused(
+    channel, settings, burst
+):
+    """The pace is a token bucket: slots that passed unused (every worker busy, or the one that
+    reserved them killed) may be taken for PACING_BURST_SECONDS back, sent at once; beyond
+    that, at the number's rate. 0 paces strictly from now."""
+    import time
+
+    from madoguchi.models import Throttle
+    from madoguchi.tasks import reserve_send_slots
+
+    settings.PACING_BURST_SECONDS = burst
+    channel.outbound_mps = 80
+    before = time.time()
+    slots = reserve_send_slots(channel, 200)  # the number was idle: next_free is long past
+    after = time.time()
+    interval = 1 / 80
+    assert slots == sorted(slots)
+    assert all(abs(b - a - interval) < 1e-6 for a, b in itertools.pairwise(slots))
+    assert before - burst <= slots[0] <= after - burst
+    # the slots already due are the burst's, and the one of now
+    assert len([s for s in slots if s <= before]) <= int(burst / interval) + 1
+    assert slots[-1] <= after + 1.0  # never more than MAX_PACING_SLEEP ahead
+    throttle = Throttle.objects.get(name=f"channel:{channel.pk}")
+    assert throttle.next_free == pytest.approx(slots[-1] + interval)
+
+    # slots reserved and left unused a moment ago (a killed worker's) are made up, within it
+    Throttle.objects.filter(pk=throttle.pk).update(next_free=time.time() - 0.1)
+    [made_up] = reserve_send_slots(channel, 1)
+    assert made_up <= time.time() - min(burst, 0.1) + 0.01

@@ -237,6 +237,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 110 * 1024 * 1024  # outbound media up to WhatsApp
 WHATSAPP_GRAPH_VERSION = os.environ.get("MADOGUCHI_WHATSAPP_GRAPH_VERSION", "v23.0")
 # Outbound throughput cap per business number (messages per second); WhatsApp's default is 80.
 OUTBOUND_DEFAULT_MPS = env_int("MADOGUCHI_OUTBOUND_MPS", 80)
+# How much of a second's throughput that went unused may be made up at once (tasks.
+# reserve_send_slots); WhatsApp's limit is per second, and 0 paces strictly.
+PACING_BURST_SECONDS = float(os.environ.get("MADOGUCHI_PACING_BURST_SECONDS", "0.25"))
 HTTP_TIMEOUT_SECONDS = float(os.environ.get("MADOGUCHI_HTTP_TIMEOUT", "15"))
 
 LOGGING = {

@@ -120,14 +120,19 @@ def reserve_send_slots(channel: Channel, count: int, *, marking: Job | None = No
 
     Returns the start time (unix seconds) of each reserved slot: only slots starting within
     MAX_PACING_SLEEP from now are taken, so the list may be shorter than ``count`` (empty when
-    the number is busy further than that)."""
+    the number is busy further than that).
+
+    The pace is a token bucket, as the platform's own limit is: slots of the last
+    PACING_BURST_SECONDS that went unused (every worker busy elsewhere, or killed after its
+    reservation) may still be taken, and are sent at once. A number idle for a while so sends
+    at most that much of a second's throughput above its rate."""
     interval = 1.0 / max(channel.outbound_mps, 1)
     now = time.time()
     with transaction.atomic():
         throttle, _created = Throttle.objects.select_for_update().get_or_create(
             name=f"channel:{channel.pk}"
         )
-        first = max(throttle.next_free, now)
+        first = max(throttle.next_free, now - settings.PACING_BURST_SECONDS)
         room = int((now + MAX_PACING_SLEEP - first) // interval) + 1
         slots = [first + i * interval for i in range(max(0, min(room, count)))]
         if slots:
