@@ -357,3 +357,35 @@ def test_the_interrupted_attempt_is_remembered_through_a_retry_that_does_not_sen
     message.refresh_from_db()
     assert message.data.get("maybe_sent_twice") is True
     assert len(sim.sent_to(CUSTOMER)) == 2
+
+
+def test_a_call_that_failed_unexpectedly_is_retried_as_one_that_may_have_sent(
+    sim, worker, users, conversation, monkeypatch, settings
+):
+    """The platform accepted the send but the provider could not read its answer (an error
+    that is neither a refusal nor a timeout): the retry waits for a receipt, then sends again
+    marked, never silently twice."""
+    from madoguchi.actions.outbound import check_send_text
+    from madoguchi.providers.whatsapp import WhatsAppProvider
+    from madoguchi.tasks import SENDING
+
+    sim.simulator.auto_statuses = False  # no receipt will name the first attempt
+    sending = WhatsAppProvider.send_text
+
+    def unreadable_answer(self, *args, **kwargs):
+        sending(self, *args, **kwargs)
+        raise KeyError("messages")
+
+    monkeypatch.setattr(WhatsAppProvider, "send_text", unreadable_answer)
+    message = check_send_text(users["aiko"], conversation, "once, we hope")
+    worker.run_once()
+    monkeypatch.setattr(WhatsAppProvider, "send_text", sending)
+    assert len(sim.sent_to(CUSTOMER)) == 1
+    job = Job.objects.get(kind="send_message")
+    assert job.last_error.startswith(SENDING)
+
+    the_wait_is_over(settings)
+    run_worker_until(worker, lambda: Message.objects.get(pk=message.pk).status != "queued")
+    assert len(sim.sent_to(CUSTOMER)) == 2
+    message.refresh_from_db()
+    assert message.data.get("maybe_sent_twice") is True

@@ -45,6 +45,18 @@ class Reschedule(Exception):
         self.counts_as_attempt = counts_as_attempt
 
 
+class MaybeSent(Exception):
+    """A platform call ended in an error nobody expected: neither an answer the provider
+    understood (SendError) nor a timeout; an answer it could not read, say. The platform may
+    have accepted the send all the same, so the retry is treated as after an interrupted call
+    (awaiting_receipt, then marked): ``at`` is when the call was made; ``trace`` what failed."""
+
+    def __init__(self, at: float, trace: str) -> None:
+        super().__init__(trace.strip().splitlines()[-1] if trace.strip() else "unexpected error")
+        self.at = at
+        self.trace = trace
+
+
 def give_up(job: Job, error: str) -> None:
     """A job failed unexpectedly too many times: drop it, and fail its message visibly."""
     log.error("job %s (%s) given up after %s attempts", job.pk, job.kind, job.attempts)
@@ -276,6 +288,7 @@ def send_message(job: Job, message_id: int) -> None:
     wait = reserve_send_slot(message.channel, job)
     if wait > 0:
         time.sleep(wait)
+    called_at = time.time()
     try:
         sent = call_platform(provider_for(message.channel), message)
     except SendError as exc:
@@ -283,6 +296,8 @@ def send_message(job: Job, message_id: int) -> None:
         if again is not None:
             raise again from None
         return
+    except Exception as exc:
+        raise MaybeSent(called_at, traceback.format_exc(limit=5)) from exc
     outbound.do_record_sent(message.pk, sent, maybe_twice=maybe_twice)
 
 
@@ -291,8 +306,8 @@ def send_messages(
 ) -> dict[int, BaseException]:
     """Run a batch of ``send_message`` jobs, claimed together (at most one per recipient: the
     claim leaves a key's later jobs for later). Returns ``{job id: exception}`` for the jobs that
-    did not finish (a Reschedule, or an unexpected error with its traceback text as
-    ``exc.trace``) for the worker to settle; the finished ones are deleted here.
+    did not finish (a Reschedule, or MaybeSent for a call that failed unexpectedly) for the
+    worker to settle; the finished ones are deleted here.
 
     One query loads the messages, one transaction per number reserves the batch's slots on it,
     each send commits its platform id right after the platform's answer, with the next job's
@@ -348,6 +363,7 @@ def send_messages(
             if message.channel_id not in providers:
                 providers[message.channel_id] = provider_for(message.channel)
             provider = providers[message.channel_id]
+            called_at = time.time()
             try:
                 sent = call_platform(provider, message)
             except SendError as exc:
@@ -361,9 +377,8 @@ def send_messages(
                         again.delay, "pacing", counts_as_attempt=False
                     )
                 continue
-            except Exception as exc:
-                exc.trace = traceback.format_exc(limit=5)  # type: ignore[attr-defined]
-                outcomes[job.pk] = exc
+            except Exception:
+                outcomes[job.pk] = MaybeSent(called_at, traceback.format_exc(limit=5))
                 continue
             # the next send's SENDING mark goes in the same commit as this platform id: each
             # job is marked just before its call, at no extra commit, so a kill leaves at most

@@ -36,10 +36,12 @@ from madoguchi.providers.registry import provider_class, provider_for
 from madoguchi.realtime import wakeup
 from madoguchi.tasks import (
     HANDLERS,
+    MaybeSent,
     Reschedule,
     give_up,
     retry_delay,
     send_messages,
+    sending_mark,
     still_marked,
 )
 
@@ -282,10 +284,12 @@ class Worker:
             # and let the handler's owner record the failure where people will see it.
             give_up(job, trace)
             return
+        # a call that failed unexpectedly may have sent: its mark, as for an interrupted one
+        reason = sending_mark(exc.at) if isinstance(exc, MaybeSent) else trace
         mine.update(
             run_at=timezone.now() + timedelta(seconds=retry_delay(job.attempts)),
             lease_until=None,
-            last_error=still_marked(job, trace)[:2000],
+            last_error=still_marked(job, reason)[:2000],
         )
 
     # -- scheduling ----------------------------------------------------------------------
