@@ -82,7 +82,7 @@ MAX_PACING_SLEEP = 1.0
 # Written on a send job just before the platform is called (sending_mark: with the time of the
 # call); success deletes the job and every other outcome overwrites it. A job that comes back
 # still carrying it was interrupted (its worker killed) while the platform may have accepted the
-# send (or its answer timed out). WhatsApp has no idempotency key: where the platform echoes a
+# send (or its answer timed out, or the call failed unexpectedly: MaybeSent). WhatsApp has no idempotency key: where the platform echoes a
 # send's reference in its receipts (Capabilities.echoes_send_reference), the retry waits up to
 # SEND_RECONCILE_SECONDS from the call for a receipt naming the message (which records its
 # platform id: actions.outbound.do_reconcile_status); without one it is sent again, and the
@@ -136,8 +136,8 @@ def reserve_send_slots(channel: Channel, count: int, *, marking: Job | None = No
 
     The pace is a token bucket, as the platform's own limit is: slots of the last
     PACING_BURST_SECONDS that went unused (every worker busy elsewhere, or killed after its
-    reservation) may still be taken, and are sent at once. A number idle for a while so sends
-    at most that much of a second's throughput above its rate."""
+    reservation) may still be taken, and are sent at once. After a pause, a number so sends at
+    most PACING_BURST_SECONDS' worth of its rate at once on top of its steady pace."""
     interval = 1.0 / max(channel.outbound_mps, 1)
     now = time.time()
     with transaction.atomic():
