@@ -62,6 +62,9 @@ def test_a_job_that_keeps_crashing_fails_its_message_and_unblocks_the_next(
     from madoguchi.providers.whatsapp import WhatsAppProvider
 
     settings.MADOGUCHI_SEND_MAX_ATTEMPTS = 2
+    # a call that crashed may have sent (tasks.MaybeSent): its retry would first wait this long
+    # for a receipt naming it
+    settings.SEND_RECONCILE_SECONDS = 0
     first = check_send_text(users["aiko"], claimed, "first")
     second = check_send_text(users["aiko"], claimed, "second")
 
