@@ -101,23 +101,37 @@ def sent_messages(setup: dict[str, Any], how_many: int, prefix: str) -> list[Any
     ]
 
 
-def store_status(message: Any, status: str, **extra: Any) -> None:
-    """A webhook body with one receipt for ``message``, stored as the webhook view stores it."""
+def store_statuses(items: list[tuple[Any, str]], **extra: Any) -> Any:
+    """One webhook body with a receipt for each ``(message, status)``, in that order (the
+    messages of one channel), stored as the webhook view stores it."""
     from django.utils import timezone
 
     from madoguchi.models import RawEvent
 
-    item = {
-        "id": message.platform_message_id,
-        "status": status,
-        "timestamp": str(int(time.time())),
-        "recipient_id": message.conversation.identity.handle,
-        **extra,
-    }
-    body = envelope({"statuses": [item]}, phone_number_id=message.channel.business_handle)
-    RawEvent.objects.create(
-        channel_id=message.channel_id, body=compact(body), received_at=timezone.now()
+    first = items[0][0]
+    body = envelope(
+        {
+            "statuses": [
+                {
+                    "id": message.platform_message_id,
+                    "status": status,
+                    "timestamp": str(int(time.time())),
+                    "recipient_id": message.conversation.identity.handle,
+                    **extra,
+                }
+                for message, status in items
+            ]
+        },
+        phone_number_id=first.channel.business_handle,
     )
+    return RawEvent.objects.create(
+        channel_id=first.channel_id, body=compact(body), received_at=timezone.now()
+    )
+
+
+def store_status(message: Any, status: str, **extra: Any) -> None:
+    """A webhook body with one receipt for ``message``, stored as the webhook view stores it."""
+    store_statuses([(message, status)], **extra)
 
 
 def receipts(n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -302,33 +316,6 @@ def test_a_body_with_a_customer_message_and_a_receipt_is_applied_in_the_batch(
     assert Message.objects.get(pk=reply.pk).status == "read"
     assert Message.objects.get(platform_message_id="wamid.in-mixed").direction == "in"
     assert not RawEvent.objects.filter(processed_at__isnull=True).exists()
-
-
-def store_statuses(items: list[tuple[Any, str]]) -> Any:
-    """One webhook body with a receipt for each ``(message, status)``, in that order (the
-    messages of one channel), stored as the webhook view stores it."""
-    from django.utils import timezone
-
-    from madoguchi.models import RawEvent
-
-    first = items[0][0]
-    body = envelope(
-        {
-            "statuses": [
-                {
-                    "id": message.platform_message_id,
-                    "status": status,
-                    "timestamp": str(int(time.time())),
-                    "recipient_id": message.conversation.identity.handle,
-                }
-                for message, status in items
-            ]
-        },
-        phone_number_id=first.channel.business_handle,
-    )
-    return RawEvent.objects.create(
-        channel_id=first.channel_id, body=compact(body), received_at=timezone.now()
-    )
 
 
 def test_two_bodies_naming_the_same_messages_in_other_orders_apply_whole(
