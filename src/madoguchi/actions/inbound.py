@@ -590,12 +590,16 @@ def do_process_raw_event(raw: RawEvent, events: list[InboundEvent]) -> Outcome:
     patient = age < UNKNOWN_STATUS_PATIENCE_SECONDS and raw.attempts < UNKNOWN_STATUS_MAX_ATTEMPTS
     try:
         with transaction.atomic():
+            receipts = [event for event in events if isinstance(event, StatusUpdate)]
+            targets = {
+                handle: channel_for_event(channel, handle)
+                for handle in {event.business_handle for event in receipts}
+            }
             lock_messages_named(
                 [
-                    (target, event)
-                    for event in events
-                    if isinstance(event, StatusUpdate)
-                    and (target := channel_for_event(channel, event.business_handle)) is not None
+                    (targets[event.business_handle], event)
+                    for event in receipts
+                    if targets[event.business_handle] is not None
                 ]
             )
             for event in events:
