@@ -100,7 +100,7 @@ def uvicorn_cmd(app: str, port: int) -> list[str]:
 def run(kind: str, quick: bool) -> list[Result]:
     if shutil.which("wrk") is None:
         raise RuntimeError("B1 drives its load with wrk: install it (Debian: apt-get install wrk)")
-    seconds, connections = (5, 32) if quick else (15, 64)
+    seconds, warm, connections = (3, 1, 32) if quick else (15, 2, 64)
     db = Database(kind)
     try:
         db.migrate()
@@ -111,7 +111,7 @@ def run(kind: str, quick: bool) -> list[Result]:
         base = start(uvicorn_cmd("bench.baseline_app:app", port), db.env(APP_SECRET=APP_SECRET))
         try:
             wait_http(f"http://127.0.0.1:{port}/")
-            wrk(f"http://127.0.0.1:{port}/", script, data, 2, connections)  # warm-up
+            wrk(f"http://127.0.0.1:{port}/", script, data, warm, connections)  # warm-up
             baseline = wrk(f"http://127.0.0.1:{port}/", script, data, seconds, connections)
         finally:
             stop(base)
@@ -124,7 +124,7 @@ def run(kind: str, quick: bool) -> list[Result]:
         try:
             url = f"http://127.0.0.1:{port}{channel['webhook_path']}"
             wait_http(f"http://127.0.0.1:{port}/login/")
-            wrk(url, script, data, 2, connections)
+            wrk(url, script, data, warm, connections)
             ours = wrk(url, script, data, seconds, connections)
         finally:
             stop(server)

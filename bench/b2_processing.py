@@ -12,7 +12,16 @@ import time
 
 import httpx
 
-from .common import Database, Result, create_channel, free_port, madoguchi, start, stop, wait_http
+from .common import (
+    Database,
+    Result,
+    create_channel,
+    free_port,
+    madoguchi_all,
+    start,
+    stop,
+    wait_http,
+)
 from .payloads import TEXTS, messages_body, sign
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -36,17 +45,20 @@ def query(db: Database, sql: str) -> tuple:
 
 
 def run(kind: str, quick: bool) -> list[Result]:
-    customers, per_customer = (500, 10) if quick else (2000, 10)
+    customers, per_customer = (300, 10) if quick else (2000, 10)
     total = customers * per_customer
     db = Database(kind)
     try:
         db.migrate()
         env = db.env()
         channel = create_channel(db)
-        for name in ("aiko", "ben", "sora"):
-            madoguchi(
-                "user", "add", name, "--role", "agent", "--password", "bench-password-123", env=env
-            )
+        madoguchi_all(
+            [
+                ["user", "add", name, "--role", "agent", "--password", "bench-password-123"]
+                for name in ("aiko", "ben", "sora")
+            ],
+            env,
+        )
 
         # Ingest every body first (server without a worker), then let one worker process them.
         port = free_port()
