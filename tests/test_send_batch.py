@@ -229,3 +229,34 @@ def test_the_pace_makes_up_at_most_the_burst_of_throughput_that_went_unused(
     Throttle.objects.filter(pk=throttle.pk).update(next_free=unused_since)
     [made_up] = reserve_send_slots(channel, 1)
     assert made_up == pytest.approx(max(unused_since, time.time() - burst), abs=0.01)
+
+
+def test_reservations_on_a_number_follow_each_other_up_to_the_horizon(channel):
+    """Each reservation starts where the last one ended (on PostgreSQL the batch path reserves in
+    one statement once the number has its row); nothing is reserved, and nothing changes, while
+    the number is taken further ahead than MAX_PACING_SLEEP."""
+    import time
+
+    from madoguchi.models import Throttle
+    from madoguchi.tasks import MAX_PACING_SLEEP, reserve_send_slots
+
+    channel.outbound_mps = 80
+    interval = 1 / 80
+    first = reserve_send_slots(channel, 10)  # the number's first: its row is created
+    second = reserve_send_slots(channel, 10)
+    assert len(first) == len(second) == 10
+    assert second[0] == pytest.approx(first[-1] + interval)
+    assert all(abs(b - a - interval) < 1e-6 for a, b in itertools.pairwise(second))
+    throttle = Throttle.objects.get(name=f"channel:{channel.pk}")
+    assert throttle.next_free == pytest.approx(second[-1] + interval)
+
+    rest = reserve_send_slots(channel, 1000)
+    assert 0 < len(rest) < 1000
+    assert rest[0] == pytest.approx(second[-1] + interval)
+    assert rest[-1] <= time.time() + MAX_PACING_SLEEP
+    throttle.refresh_from_db()
+    held = throttle.next_free
+    assert held == pytest.approx(rest[-1] + interval)
+    assert reserve_send_slots(channel, 5) == []
+    throttle.refresh_from_db()
+    assert throttle.next_free == held
