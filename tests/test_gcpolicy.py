@@ -1,5 +1,6 @@
-"""The server's garbage-collector policy (madoguchi.gcpolicy): survivors of a full collection
-are frozen, and cyclic garbage among frozen objects is still found by the periodic full walk."""
+"""The garbage-collector policy of servers and workers (madoguchi.gcpolicy): what exists at
+start-up and survivors of a full collection are frozen, and cyclic garbage among frozen objects
+is still found by the periodic full walk."""
 
 from __future__ import annotations
 
@@ -75,3 +76,25 @@ def test_zero_keeps_cpythons_policy(cpython_policy):
     assert gcpolicy._installed is None
     gc.collect()
     assert gc.get_freeze_count() == 0
+
+
+def test_what_exists_at_start_up_is_frozen(cpython_policy):
+    gcpolicy.install(3600)
+    assert gc.get_freeze_count() > 0  # before any collection
+
+
+def test_the_worker_command_installs_the_policy(cpython_policy, monkeypatch):
+    import argparse
+
+    from madoguchi import cli
+    from madoguchi.realtime import wakeup
+    from madoguchi.worker import Worker
+
+    installed = []
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(wakeup, "listen", lambda stop: None)
+    monkeypatch.setattr(
+        Worker, "run_forever", lambda self, stop: installed.append(gcpolicy._installed)
+    )
+    cli.cmd_worker(argparse.Namespace())
+    assert installed and installed[0] is not None

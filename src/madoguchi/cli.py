@@ -55,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    from django.conf import settings
+
+    from madoguchi import gcpolicy
     from madoguchi.realtime import wakeup
     from madoguchi.worker import Worker
 
@@ -67,6 +70,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     wakeup.listen(stop)
+    gcpolicy.install(settings.GC_FULL_SECONDS)
     Worker().run_forever(stop)
 
 

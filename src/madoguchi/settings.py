@@ -261,8 +261,9 @@ JOB_LEASE_SECONDS = float(os.environ.get("MADOGUCHI_JOB_LEASE_SECONDS", "60"))
 MADOGUCHI_RETRY_BASE_SECONDS = float(os.environ.get("MADOGUCHI_RETRY_BASE_SECONDS", "2"))
 MADOGUCHI_SEND_MAX_ATTEMPTS = env_int("MADOGUCHI_SEND_MAX_ATTEMPTS", 8)
 WORKER_POLL_SECONDS = float(os.environ.get("MADOGUCHI_WORKER_POLL_SECONDS", "0.5"))
-# The server process freezes what survives a full garbage collection and walks every object
-# only this often (madoguchi.gcpolicy); 0 keeps CPython's own policy.
+# Server and worker processes freeze what exists at start-up and what survives a full garbage
+# collection, and walk every object only this often (madoguchi.gcpolicy); 0 keeps CPython's own
+# policy.
 GC_FULL_SECONDS = float(os.environ.get("MADOGUCHI_GC_FULL_SECONDS", "3600"))
 TEMPLATE_SYNC_INTERVAL_SECONDS = env_int("MADOGUCHI_TEMPLATE_SYNC_INTERVAL", 3600)
 PAIR_RETRY_BASE_SECONDS = float(os.environ.get("MADOGUCHI_PAIR_RETRY_BASE_SECONDS", "1"))
