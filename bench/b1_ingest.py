@@ -100,7 +100,7 @@ def uvicorn_cmd(app: str, port: int) -> list[str]:
 def run(kind: str, quick: bool) -> list[Result]:
     if shutil.which("wrk") is None:
         raise RuntimeError("B1 drives its load with wrk: install it (Debian: apt-get install wrk)")
-    seconds, warm, connections = (3, 1, 32) if quick else (15, 2, 64)
+    seconds, warm, connections = (2, 1, 32) if quick else (15, 2, 64)
     db = Database(kind)
     try:
         db.migrate()

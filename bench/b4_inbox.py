@@ -347,7 +347,7 @@ def query_counts_equal(env: dict[str, str]) -> bool:
 
 
 def run(kind: str, quick: bool) -> list[Result]:
-    small, large = (500, 5_000) if quick else (1_000, 100_000)
+    small, large = (1_000, 10_000) if quick else (1_000, 100_000)
     samples = 60 if quick else 200
     low = measure(kind, small, samples)
     views = ("mine", "unassigned", "all", "channel", "messages")
