@@ -127,7 +127,8 @@ def awaiting_receipt(job: Job, message: Message) -> Reschedule | None:
 
 # reserve_send_slots in one statement (PostgreSQL; the batch path, nothing to mark): one round
 # trip that commits by itself, where the transaction below takes four, once per number and batch.
-# No row when nothing can be reserved or the number has no row yet.
+# Returns (first slot, slots taken), 0 taken leaving next_free as it was; no row when the number
+# has no row yet.
 RESERVE_SLOTS = """
 WITH bucket AS (
     SELECT id, GREATEST(next_free, %(floor)s) AS start FROM madoguchi_throttle
@@ -137,8 +138,9 @@ WITH bucket AS (
         GREATEST(0, LEAST(%(count)s, FLOOR((%(horizon)s - start) / %(interval)s)::int + 1)) AS taken
     FROM bucket
 )
-UPDATE madoguchi_throttle SET next_free = planned.start + planned.taken * %(interval)s
-FROM planned WHERE madoguchi_throttle.id = planned.id AND planned.taken > 0
+UPDATE madoguchi_throttle SET next_free = CASE WHEN planned.taken > 0
+    THEN planned.start + planned.taken * %(interval)s ELSE madoguchi_throttle.next_free END
+FROM planned WHERE madoguchi_throttle.id = planned.id
 RETURNING planned.start, planned.taken
 """
 
@@ -174,7 +176,7 @@ def reserve_send_slots(channel: Channel, count: int, *, marking: Job | None = No
         if reserved is not None:
             first, taken = reserved
             return [first + i * interval for i in range(taken)]
-        # no slot within reach, or the number's first send: as below
+        # the number's first send: its row is created below
     with transaction.atomic():
         throttle, _created = Throttle.objects.select_for_update().get_or_create(
             name=f"channel:{channel.pk}"
