@@ -80,13 +80,13 @@ def retry_delay(attempts: int) -> float:
 MAX_PACING_SLEEP = 1.0
 
 # Written on a send job just before the platform is called (sending_mark: with the time of the
-# call); success deletes the job and every other outcome overwrites it. A job that comes back
-# still carrying it was interrupted (its worker killed) while the platform may have accepted the
-# send (or its answer timed out, or the call failed unexpectedly: MaybeSent). WhatsApp has no idempotency key: where the platform echoes a
-# send's reference in its receipts (Capabilities.echoes_send_reference), the retry waits up to
-# SEND_RECONCILE_SECONDS from the call for a receipt naming the message (which records its
-# platform id: actions.outbound.do_reconcile_status); without one it is sent again, and the
-# message is marked.
+# call); success deletes the job, and the mark outlives every other outcome (still_marked). A job
+# that comes back carrying it was interrupted (its worker killed) while the platform may have
+# accepted the send, or its answer timed out, or the call failed unexpectedly (MaybeSent).
+# WhatsApp has no idempotency key: where the platform echoes a send's reference in its receipts
+# (Capabilities.echoes_send_reference), the retry waits up to SEND_RECONCILE_SECONDS from the
+# call for a receipt naming the message (which records its platform id:
+# actions.outbound.do_reconcile_status); without one it is sent again, and the message is marked.
 SENDING = "sending: the platform may have accepted this attempt"
 TIMEOUT = timeout_error().error  # a call whose answer never came: the same uncertainty
 SENDING_AT = re.compile(r" \(at ([0-9]+(?:\.[0-9]+)?)\)$")
