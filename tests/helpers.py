@@ -401,6 +401,40 @@ def sim(server: LiveServer, channel: Any) -> Iterator[Sim]:
     served.stop()
 
 
+SECOND_NUMBER_ID = "106540352242999"
+
+
+@pytest.fixture
+def second_number(sim: Sim, server: LiveServer) -> Any:
+    """A second WhatsApp number (channel) of the same account on ``sim``, posting to its own
+    webhook path."""
+    from madoguchi.actions.channels import do_create_channel
+
+    channel = do_create_channel(
+        None,
+        kind="whatsapp",
+        name="Shop Osaka",
+        business_handle=SECOND_NUMBER_ID,
+        account_handle=WABA_ID,
+        display_handle="15550009999",
+        api_base=sim.running.url,
+        secrets={
+            "access_token": ACCESS_TOKEN,
+            "app_secret": APP_SECRET,
+            "verify_token": VERIFY_TOKEN,
+        },
+    )
+    sim.simulator.add_number(
+        phone_number_id=SECOND_NUMBER_ID,
+        waba_id=WABA_ID,
+        display_phone_number="15550009999",
+        access_token=ACCESS_TOKEN,
+        app_secret=APP_SECRET,
+        webhook_url=f"{server.url}{channel.webhook_path}",
+    )
+    return channel
+
+
 def run_worker_until(worker: Any, predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
     """Run the worker (webhooks from the simulator keep arriving) until ``predicate()``."""
 

@@ -20,50 +20,22 @@ from madoguchi.models import (
     Visibility,
 )
 from tests.helpers import (
-    ACCESS_TOKEN,
-    APP_SECRET,
     DISPLAY_NUMBER,
     PHONE_NUMBER_ID,
-    VERIFY_TOKEN,
-    WABA_ID,
+    SECOND_NUMBER_ID,
     envelope,
     post_webhook,
     run_worker_until,
 )
 
-SECOND_NUMBER_ID = "106540352242999"
 CUSTOMER = "819012345678"
 OTHER_PHONE = "819087654321"  # the same person's second phone, first seen as a new contact
 
 
 @pytest.fixture
-def second(sim, server):
-    """A second WhatsApp number (channel) on the simulator, posting to its own webhook path."""
-    from madoguchi.actions.channels import do_create_channel
-
-    channel = do_create_channel(
-        None,
-        kind="whatsapp",
-        name="Shop Osaka",
-        business_handle=SECOND_NUMBER_ID,
-        account_handle=WABA_ID,
-        display_handle="15550009999",
-        api_base=sim.running.url,
-        secrets={
-            "access_token": ACCESS_TOKEN,
-            "app_secret": APP_SECRET,
-            "verify_token": VERIFY_TOKEN,
-        },
-    )
-    sim.simulator.add_number(
-        phone_number_id=SECOND_NUMBER_ID,
-        waba_id=WABA_ID,
-        display_phone_number="15550009999",
-        access_token=ACCESS_TOKEN,
-        app_secret=APP_SECRET,
-        webhook_url=f"{server.url}{channel.webhook_path}",
-    )
-    return channel
+def second(second_number):
+    """The second WhatsApp number of the same account, on the same simulator."""
+    return second_number
 
 
 def writes(server, worker, channel, wa_id, name, text, *, hours_ago=0.0) -> Conversation:

@@ -4,6 +4,7 @@ failures, and the statements a send costs."""
 from __future__ import annotations
 
 import itertools
+import threading
 
 import pytest
 from django.db import connection
@@ -11,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from madoguchi.models import AuditEvent, Job, Message
 from madoguchi.tasks import SENDING
-from tests.helpers import PHONE_NUMBER_ID, WABA_ID, run_worker_until
+from tests.helpers import PHONE_NUMBER_ID, SECOND_NUMBER_ID, WABA_ID, run_worker_until
 
 CUSTOMERS = ["819011110001", "819011110002", "819011110003"]
 
@@ -127,14 +128,51 @@ def test_it_costs_few_statements_per_send_in_a_batch(sim, worker, users, convers
         if "platform_message_id" in q["sql"] and q["sql"].startswith(("UPDATE", "WITH"))
     ]
     assert len(sends) == 3  # the platform id, committed once per send
-    # one send alone took ~11 statements (plus transaction control); the batch shares its own,
-    # and each send costs two in one commit: its platform id, and the next send's SENDING mark
+    marks = [q for q in queries.captured_queries if "SET last_error = 'sending" in q["sql"]]
+    assert len(marks) == 3  # the SENDING mark, just before each call
+    # one send alone took ~11 statements (plus transaction control); the batch shares its own
+    # (15 at most: on PostgreSQL the number's first reservation also creates its pacing row),
+    # and each send costs two, each committing by itself: its SENDING mark and its platform id
     statements = [
         q
         for q in queries.captured_queries
         if not q["sql"].startswith(("SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"))
     ]
-    assert len(statements) <= 2 * 3 + 14, "\n".join(q["sql"][:100] for q in statements)
+    assert len(statements) <= 2 * 3 + 15, "\n".join(q["sql"][:100] for q in statements)
+
+
+def test_a_number_waiting_for_the_platform_does_not_hold_another_numbers_sends(
+    sim, second_number, worker, users, conversations, monkeypatch
+):
+    """Sends to different numbers overlap, one call in flight per number: the second number's
+    send goes while the first number's call still waits for its answer."""
+    from madoguchi.actions.conversations import check_claim
+    from madoguchi.actions.outbound import check_send_text
+    from madoguchi.models import Conversation
+    from madoguchi.providers.whatsapp import WhatsAppProvider
+
+    sim.simulator.customer_sends(SECOND_NUMBER_ID, "819022220001", "Customer B", "hello")
+    worker.run_until_idle()
+    other = check_claim(users["aiko"], Conversation.objects.get(channel=second_number))
+    first = check_send_text(users["aiko"], conversations[0], "on the first number")
+    then = check_send_text(users["aiko"], other, "on the second number")
+    second_sent = threading.Event()
+    send_text = WhatsAppProvider.send_text
+
+    def slow_on_the_first_number(provider, to, text, **kwargs):
+        if text == "on the first number":
+            assert second_sent.wait(10), "the second number's send waited for the first's answer"
+        sent = send_text(provider, to, text, **kwargs)
+        if text == "on the second number":
+            second_sent.set()
+        return sent
+
+    monkeypatch.setattr(WhatsAppProvider, "send_text", slow_on_the_first_number)
+    worker.run_once()
+    assert Message.objects.get(pk=first.pk).status == "sent"
+    assert Message.objects.get(pk=then.pk).status == "sent"
+    assert len(sim.simulator.sent_to(SECOND_NUMBER_ID, "819022220001")) == 1
+    assert not Job.objects.filter(kind="send_message").exists()
 
 
 class WorkerDied(BaseException):
@@ -146,10 +184,9 @@ def test_a_batch_retried_after_a_kill_sends_nothing_twice(
     sim, worker, users, conversations, monkeypatch, killed_at
 ):
     """Killed right after the platform accepted the batch's ``killed_at``-th send, before its
-    platform id was committed: that send carries the SENDING mark (written with the previous
-    send's platform id, or alone before the first call), so its retry waits for the receipt,
-    which records it (not sent again); the sends after it were not marked and go at once;
-    nothing is marked maybe_sent_twice."""
+    platform id was committed: that send carries the SENDING mark (written just before its
+    call), so its retry waits for the receipt, which records it (not sent again); the sends
+    after it were not marked and go at once; nothing is marked maybe_sent_twice."""
     from datetime import timedelta
 
     from django.utils import timezone

@@ -7,8 +7,11 @@ import logging
 import re
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -97,6 +100,17 @@ RECONCILE_POLL_SECONDS = 1.0
 def sending_mark(at: float) -> str:
     """The SENDING mark of a call made at (or just before) ``at``, unix seconds."""
     return f"{SENDING} (at {at:.3f})"
+
+
+MARK_JOB = "UPDATE madoguchi_job SET last_error = %s WHERE id = %s AND claimed_by = %s"
+
+
+def mark_sending(job: Job) -> None:
+    """Mark ``job`` SENDING (sending_mark) just before its call, in a commit of its own (one
+    plain statement: once per send, on the worker's busiest path). Only while the job is
+    claimed as ``job`` says."""
+    with connection.cursor() as cursor:
+        cursor.execute(MARK_JOB, [sending_mark(time.time()), job.pk, job.claimed_by])
 
 
 def interrupted_at(job: Job) -> float | None:
@@ -231,6 +245,13 @@ def sendable(message: Message | None) -> bool:
 
 def call_platform(provider: Provider, message: Message) -> SentMessage:
     """Send ``message`` (network I/O: never inside a transaction). Raises SendError."""
+    return platform_call(provider, message)()
+
+
+def platform_call(provider: Provider, message: Message) -> Callable[[], SentMessage]:
+    """The send of ``message``, ready to run: what it reads from the database is read here, so
+    the returned call (network I/O only: never inside a transaction) may run on another thread.
+    The call raises SendError."""
     caps = provider.capabilities
     channel = message.channel
     identity = message.conversation.identity
@@ -249,11 +270,12 @@ def call_platform(provider: Provider, message: Message) -> SentMessage:
         subscribed=identity.subscribed,
     ).tag
     if message.kind == "template":
-        return provider.send_template(to, message.data["template"], context=context)
+        return partial(provider.send_template, to, message.data["template"], context=context)
     if message.kind in outbound.MEDIA_KINDS:
         # A platform that downloads media itself (Viber) gets a signed, expiring link.
         by_url = {"media_url": public_media_url(message)} if caps.media_by_url else {}
-        return provider.send_media(
+        return partial(
+            provider.send_media,
             to,
             message.kind,
             message.media_path,
@@ -265,7 +287,8 @@ def call_platform(provider: Provider, message: Message) -> SentMessage:
             context=context,
             **by_url,
         )
-    return provider.send_text(
+    return partial(
+        provider.send_text,
         to,
         message.text,
         reply_to=message.reply_to_platform_id or None,
@@ -338,6 +361,25 @@ def send_message(job: Job, message_id: int) -> None:
     outbound.do_record_sent(message.pk, sent, maybe_twice=maybe_twice)
 
 
+# Sends to different numbers overlap: each number of a batch is a lane with at most one call in
+# flight (its slots keep its pace), run on these threads, while every read and write stays on the
+# worker's thread (its connection; no network I/O in a transaction). A worker's sends are then
+# bound by its own work, not by the platform's answer times: a worker alone keeps every number at
+# its pace. Lanes beyond the threads wait for one.
+SEND_THREADS = 8
+_send_threads: ThreadPoolExecutor | None = None
+
+
+def send_threads() -> ThreadPoolExecutor:
+    global _send_threads
+    if _send_threads is None:
+        _send_threads = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="send")
+    return _send_threads
+
+
+Planned = tuple[float, Job, Message, bool]  # slot, job, message, maybe sent twice
+
+
 def send_messages(
     jobs: list[Job], *, still_ours: Callable[[list[Job]], list[Job]]
 ) -> dict[int, BaseException]:
@@ -347,12 +389,13 @@ def send_messages(
     worker to settle; the finished ones are deleted here.
 
     One query loads the messages, one transaction per number reserves the batch's slots on it,
-    each send commits its platform id right after the platform's answer, with the next job's
-    SENDING mark (the window for a double send is as narrow as for a single job, and a kill
-    leaves one job marked that may not have left), and one transaction writes the audit rows,
-    the events and deletes the finished jobs. ``jobs`` were just claimed or renewed;
-    ``still_ours`` is asked before each send with the jobs left: it renews their leases when
-    due and returns those not taken over meanwhile (never send a job we lost)."""
+    and each number's sends run in slot order, one call in flight per number (SEND_THREADS).
+    Each job is marked SENDING just before its call and its platform id committed right after
+    the answer (the window for a double send is as narrow as for a single job: a kill leaves
+    marked only the calls in flight, one per number), and one transaction writes the audit
+    rows, the events and deletes the finished jobs. ``jobs`` were just claimed or
+    renewed; ``still_ours`` is asked before each send with the jobs left: it renews their leases
+    when due and returns those not taken over meanwhile (never send a job we lost)."""
     messages = load_messages([job.args["message_id"] for job in jobs])
     outcomes: dict[int, BaseException] = {}
     finished: list[Job] = []
@@ -367,71 +410,95 @@ def send_messages(
             outcomes[job.pk] = later
             continue
         by_channel.setdefault(message.channel_id, []).append((job, message))
-    planned: list[tuple[float, Job, Message, bool]] = []
-    for group in by_channel.values():
+    lanes: dict[int, deque[Planned]] = {}
+    for channel_id, group in by_channel.items():
         channel = group[0][1].channel
         slots = reserve_send_slots(channel, len(group))
-        for (job, message), slot in zip(group, slots, strict=False):
-            planned.append((slot, job, message, interrupted(job)))
+        lanes[channel_id] = deque(
+            (slot, job, message, interrupted(job))
+            for (job, message), slot in zip(group, slots, strict=False)
+        )
         if len(slots) < len(group):
             later = pacing(channel)
             outcomes.update((job.pk, later) for job, _message in group[len(slots) :])
-    planned.sort(key=lambda p: p[0])
     providers: dict[int, Provider] = {}
     held: dict[int, Reschedule] = {}  # numbers the platform told to wait
     recorded: list[tuple[int, SentMessage, bool]] = []
-    marked: set[int] = set()
-    try:
-        for index, (slot, job, message, maybe_twice) in enumerate(planned):
+    flying: dict[Future[SentMessage], tuple[Planned, float]] = {}  # call: its send, called at
+
+    def busy() -> set[int]:
+        """The numbers with a call in flight."""
+        return {planned[2].channel_id for planned, _called_at in flying.values()}
+
+    def start(lane: deque[Planned]) -> None:
+        """Call the platform for the lane's first send if its slot has come, skipping the sends
+        it may not make."""
+        while lane:
+            slot, job, message, _maybe_twice = lane[0]
             if message.channel_id in held:
                 outcomes[job.pk] = held[message.channel_id]
+                lane.popleft()
                 continue
-            if job not in still_ours([rest for _s, rest, _m, _t in planned[index:]]):
+            if slot > time.time():
+                return
+            if job not in still_ours([queued[1] for rest in lanes.values() for queued in rest]):
                 log.info("job %s was taken over by another worker; skipped", job.pk)
+                lane.popleft()
                 continue
-            if job.pk not in marked:  # the first send of the batch, or after one that failed
-                Job.objects.filter(pk=job.pk).update(
-                    last_error=sending_mark(max(time.time(), slot))
-                )
-                marked.add(job.pk)
-            wait = slot - time.time()
-            if wait > 0:
-                time.sleep(wait)
+            mark_sending(job)
             if message.channel_id not in providers:
                 providers[message.channel_id] = provider_for(message.channel)
-            provider = providers[message.channel_id]
-            called_at = time.time()
             try:
-                sent = call_platform(provider, message)
-            except SendError as exc:
-                again = refused(job, message, exc)
-                if again is None:
-                    finished.append(job)
-                    continue
-                outcomes[job.pk] = again
-                if exc.scope == "number":
-                    held[message.channel_id] = Reschedule(
-                        again.delay, "pacing", counts_as_attempt=False
-                    )
-                continue
-            except Exception:
-                outcomes[job.pk] = MaybeSent(called_at, traceback.format_exc(limit=5))
-                continue
-            # the next send's SENDING mark goes in the same commit as this platform id: each
-            # job is marked just before its call, at no extra commit, so a kill leaves at most
-            # the one send in flight to wait for its receipt (awaiting_receipt)
-            upcoming = planned[index + 1] if index + 1 < len(planned) else None
-            then_mark = None
-            if upcoming is not None and upcoming[2].channel_id not in held:
-                then_mark = (upcoming[1], sending_mark(max(time.time(), upcoming[0])))
-                marked.add(upcoming[1].pk)
-            outbound.do_commit_platform_id(
-                message.pk, sent, maybe_twice=maybe_twice, then_mark=then_mark
+                future = send_threads().submit(
+                    platform_call(providers[message.channel_id], message)
+                )
+            except Exception as exc:  # preparing the call failed: settled as the call would be
+                future = Future()
+                future.set_exception(exc)
+            flying[future] = (lane.popleft(), time.time())
+            return
+
+    def settle(future: Future[SentMessage]) -> None:
+        (_slot, job, message, maybe_twice), called_at = flying.pop(future)
+        try:
+            sent = future.result()
+        except SendError as exc:
+            again = refused(job, message, exc)
+            if again is None:
+                finished.append(job)
+                return
+            outcomes[job.pk] = again
+            if exc.scope == "number":
+                held[message.channel_id] = Reschedule(
+                    again.delay, "pacing", counts_as_attempt=False
+                )
+            return
+        except Exception as exc:
+            outcomes[job.pk] = MaybeSent(
+                called_at, "".join(traceback.format_exception(exc, limit=-5))
             )
-            recorded.append((message.pk, sent, maybe_twice))
-            finished.append(job)
+            return
+        outbound.do_commit_platform_id(message.pk, sent, maybe_twice=maybe_twice)
+        recorded.append((message.pk, sent, maybe_twice))
+        finished.append(job)
+
+    try:
+        while flying or any(lanes.values()):
+            for channel_id, lane in lanes.items():
+                if channel_id not in busy():
+                    start(lane)
+            waiting = [lane[0][0] for c, lane in lanes.items() if lane and c not in busy()]
+            pause = max(min(waiting) - time.time(), 0.0) if waiting else None
+            if flying:
+                done, _running = wait(list(flying), timeout=pause, return_when=FIRST_COMPLETED)
+                for future in done:
+                    settle(future)
+            elif pause:
+                time.sleep(pause)
     finally:
-        # what was sent is recorded even if a later step of the batch failed
+        # a batch stopped by an error lets its calls end (their jobs are marked) before the
+        # worker settles them; what was sent is recorded even if a later step failed
+        wait(list(flying))
         with transaction.atomic():
             outbound.do_record_sent_batch(recorded)
             if finished:  # claimed together: one claimant

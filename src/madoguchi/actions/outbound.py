@@ -27,7 +27,6 @@ from madoguchi.models import (
     Contact,
     ContactIdentity,
     Conversation,
-    Job,
     Message,
     Template,
     User,
@@ -416,19 +415,9 @@ COMMIT_PLATFORM_ID = (
     "UPDATE madoguchi_message SET platform_message_id = %s,"
     " status = CASE WHEN status = 'queued' THEN 'sent' ELSE status END WHERE id = %s"
 )
-MARK_JOB = "UPDATE madoguchi_job SET last_error = %s WHERE id = %s AND claimed_by = %s"
-# Both in one statement (PostgreSQL): one round trip that commits by itself, where a transaction
-# of two statements takes four (BEGIN, the two, COMMIT) on the worker's busiest path.
-MARK_JOB_THEN_COMMIT_PLATFORM_ID = f"WITH marked AS ({MARK_JOB}) {COMMIT_PLATFORM_ID}"
 
 
-def do_commit_platform_id(
-    message_id: int,
-    sent: SentMessage,
-    *,
-    maybe_twice: bool = False,
-    then_mark: tuple[Job, str] | None = None,
-) -> None:
+def do_commit_platform_id(message_id: int, sent: SentMessage, *, maybe_twice: bool = False) -> None:
     """The platform accepted the message: commit its platform id (and ``sent``, from ``queued``
     only: statuses never go back) at once, in a transaction of its own.
 
@@ -436,42 +425,26 @@ def do_commit_platform_id(
     would send the message again when its job comes back. The audit row and the event follow
     (do_record_sent_batch). ``maybe_twice``: the ``data.maybe_sent_twice`` mark is committed
     with the id, not with the audit row: a worker killed in between must not leave a double
-    unmarked (its job then finds the id and never comes back to mark it). ``then_mark``: (job,
-    text) written to that job's ``last_error`` in the same commit, while the job is still
-    claimed by the same worker: the worker's SENDING mark of its next send
-    (tasks.send_messages)."""
+    unmarked (its job then finds the id and never comes back to mark it)."""
     platform_id = sent.platform_message_id
-    if connection.vendor == "postgresql" and not maybe_twice:
-        with connection.cursor() as cursor:
-            if then_mark is None:
-                cursor.execute(COMMIT_PLATFORM_ID, [platform_id, message_id])
-            else:
-                job, mark = then_mark
-                cursor.execute(
-                    MARK_JOB_THEN_COMMIT_PLATFORM_ID,
-                    [mark, job.pk, job.claimed_by, platform_id, message_id],
-                )
-        return
-    with transaction.atomic():
-        if maybe_twice:
-            data = (
-                Message.objects.select_for_update()
-                .filter(pk=message_id)
-                .values_list("data", flat=True)
-                .first()
-            )
-            if data is not None:
-                Message.objects.filter(pk=message_id).update(
-                    data={**data, "maybe_sent_twice": True}
-                )
-        # Once per send on the worker's busiest path: plain statements (the ORM's compiling
-        # cost more than the statements themselves). ``sent`` from ``queued`` only: a message
-        # failed meanwhile (given up) keeps its status, and the id is remembered anyway.
+    if not maybe_twice:
+        # Once per send on the worker's busiest path: one plain statement that commits by itself
+        # (the ORM's compiling cost more than the statement). ``sent`` from ``queued`` only: a
+        # message failed meanwhile (given up) keeps its status, and the id is remembered anyway.
         with connection.cursor() as cursor:
             cursor.execute(COMMIT_PLATFORM_ID, [platform_id, message_id])
-            if then_mark is not None:
-                job, mark = then_mark
-                cursor.execute(MARK_JOB, [mark, job.pk, job.claimed_by])
+        return
+    with transaction.atomic():
+        data = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id)
+            .values_list("data", flat=True)
+            .first()
+        )
+        if data is not None:
+            Message.objects.filter(pk=message_id).update(data={**data, "maybe_sent_twice": True})
+        with connection.cursor() as cursor:
+            cursor.execute(COMMIT_PLATFORM_ID, [platform_id, message_id])
 
 
 def do_record_sent_batch(sends: list[tuple[int, SentMessage, bool]]) -> list[Message]:
