@@ -58,6 +58,21 @@ def test_a_reply_is_sent_once_and_its_ticks_arrive(api_as, sim, worker, conversa
     assert message.platform_message_id == sim.sent_to(CUSTOMER)[0].wamid
 
 
+def test_queueing_a_reply_reads_its_audience_once(users, conversation, events, monkeypatch):
+    """The message's event and the conversation's go to the same audience, read once."""
+    from madoguchi.actions.outbound import check_send_text
+    from madoguchi.rules import access
+
+    read = []
+    recipients_for = access.recipients_for
+    monkeypatch.setattr(access, "recipients_for", lambda c: read.append(c.pk) or recipients_for(c))
+    check_send_text(users["aiko"], conversation, "on its way")
+    assert read == [conversation.pk]
+    [(_message, to_message)] = events.of_type("message")
+    [(_conversation, to_conversation)] = events.of_type("conversation")
+    assert to_message == to_conversation == recipients_for(conversation)
+
+
 def test_a_reply_with_context_quotes_the_customer_message(api_as, sim, worker, conversation):
     inbound = Message.objects.get(direction="in")
     sent = api_as("aiko").post(

@@ -32,10 +32,17 @@ def lock(conversation: Conversation | int) -> Conversation:
     )
 
 
-def publish_conversation(conversation: Conversation, previous_recipients: list[int] = ()) -> None:
+def publish_conversation(
+    conversation: Conversation,
+    previous_recipients: list[int] = (),
+    *,
+    recipients: list[int] | None = None,
+) -> None:
     """Send the conversation's new state to everyone who may see it now, and a removal to those
-    who could see it before and no longer can (e.g. after a reassignment in assigned_only)."""
-    recipients = access.recipients_for(conversation)
+    who could see it before and no longer can (e.g. after a reassignment in assigned_only).
+    ``recipients``: access.recipients_for(conversation) as it is now, when the caller has it."""
+    if recipients is None:
+        recipients = access.recipients_for(conversation)
     publish_on_commit(
         {"type": "conversation", "op": "upsert", "conversation": conversation_json(conversation)},
         recipients,
@@ -77,6 +84,7 @@ def do_assign(
             contact = conversation.contact
             contact.owner = assignee
             contact.save(update_fields=["owner"])
+        now = access.recipients_for(conversation)
         if note:
             from .outbound import publish_message
 
@@ -89,8 +97,8 @@ def do_assign(
                 author=actor,
                 data={"transfer_to": assignee.pk if assignee else None},
             )
-            publish_message(message, conversation)
-        publish_conversation(conversation, before)
+            publish_message(message, conversation, recipients=now)
+        publish_conversation(conversation, before, recipients=now)
     return conversation
 
 

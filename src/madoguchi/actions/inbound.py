@@ -46,7 +46,7 @@ from madoguchi.queries.serialize import conversation_json, message_json
 from madoguchi.queries.threads import conversation_id_for_key
 from madoguchi.realtime import wakeup
 from madoguchi.realtime.publish import has_audience, publish_on_commit
-from madoguchi.rules.access import audience_key, recipients_for_many
+from madoguchi.rules.access import audience_key, recipients_for, recipients_for_many
 from madoguchi.rules.routing import sticky_assignee
 from madoguchi.storage import guess_extension
 
@@ -319,8 +319,9 @@ def do_receive_message(channel: Channel, inbound: InboundMessage) -> Message | N
     conversation = Conversation.objects.select_related(
         "channel", "contact", "identity", "assignee"
     ).get(pk=conversation.pk)
-    publish_message(message, conversation)
-    publish_conversation(conversation)
+    audience = recipients_for(conversation)
+    publish_message(message, conversation, recipients=audience)
+    publish_conversation(conversation, recipients=audience)
     return message
 
 
@@ -501,8 +502,9 @@ def do_store_echo(channel: Channel, echo: OutboundEcho, *, patient: bool = True)
     conversation = Conversation.objects.select_related(
         "channel", "contact", "identity", "assignee"
     ).get(pk=conversation.pk)
-    publish_message(message, conversation)
-    publish_conversation(conversation)
+    audience = recipients_for(conversation)
+    publish_message(message, conversation, recipients=audience)
+    publish_conversation(conversation, recipients=audience)
     return message
 
 

@@ -51,7 +51,15 @@ def send_key(conversation: Conversation) -> str:
     return f"send:{conversation.channel_id}:{conversation.identity.handle}"
 
 
-def publish_message(message: Message, conversation: Conversation, op: str = "add") -> None:
+def publish_message(
+    message: Message,
+    conversation: Conversation,
+    op: str = "add",
+    *,
+    recipients: list[int] | None = None,
+) -> None:
+    """The message's event, to everyone who may read its conversation (``recipients``:
+    access.recipients_for(conversation), when the caller has it)."""
     publish_on_commit(
         {
             "type": "message",
@@ -60,7 +68,7 @@ def publish_message(message: Message, conversation: Conversation, op: str = "add
             "assignee_id": conversation.assignee_id,
             "message": message_json(message),
         },
-        access.recipients_for(conversation),
+        access.recipients_for(conversation) if recipients is None else recipients,
     )
 
 
@@ -100,8 +108,9 @@ def queue_message(
         enqueue("send_message", {"message_id": message.pk}, key=send_key(conversation))
         touch_conversation(conversation, message)
         audit.record("message.queued", actor=user, conversation=conversation, message=message)
-        publish_message(message, conversation)
-        publish_conversation(conversation)
+        audience = access.recipients_for(conversation)
+        publish_message(message, conversation, recipients=audience)
+        publish_conversation(conversation, recipients=audience)
     return message
 
 
