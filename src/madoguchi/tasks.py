@@ -393,9 +393,9 @@ def send_messages(
     Each job is marked SENDING just before its call and its platform id committed right after
     the answer (the window for a double send is as narrow as for a single job: a kill leaves
     marked only the calls in flight, one per number), and one transaction writes the audit
-    rows, the events and deletes the finished jobs. ``jobs`` were just claimed or
-    renewed; ``still_ours`` is asked before each send with the jobs left: it renews their leases
-    when due and returns those not taken over meanwhile (never send a job we lost)."""
+    rows, the events and deletes the finished jobs. ``jobs`` were just claimed or renewed;
+    ``still_ours`` is asked before each send with the jobs left: it renews their leases when
+    due and returns those not taken over meanwhile (never send a job we lost)."""
     messages = load_messages([job.args["message_id"] for job in jobs])
     outcomes: dict[int, BaseException] = {}
     finished: list[Job] = []
