@@ -1,7 +1,8 @@
 """B4 inbox at scale: 5 channels, 50 agents, N conversations of 10 messages each. Measures, through
 the real HTTP stack, the first page of each inbox view, a conversation's latest 50 messages and
-search, at a small and a large size (the ratio shows how cost grows with data), and checks that
-a list costs the same number of queries whatever its page size.
+search, at a small and a large size served side by side and timed in turns (the ratio shows how
+cost grows with data, whatever the machine's load does meanwhile), and checks that a list costs
+the same number of queries whatever its page size.
 
 Baseline: the cheapest request the same server answers (GET /api/v1/me): what any request costs
 before the inbox's own work."""
@@ -9,11 +10,13 @@ before the inbox's own work."""
 from __future__ import annotations
 
 import importlib
-import json
 import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -217,14 +220,20 @@ def generate(db: Database, conversations: int) -> float:
     return time.monotonic() - began
 
 
-def timed(client: httpx.Client, path: str, count: int) -> list[float]:
-    client.get(path).raise_for_status()  # warm
-    samples = []
-    for _ in range(count):
-        began = time.perf_counter()
-        client.get(path).raise_for_status()
-        samples.append((time.perf_counter() - began) * 1000)
-    return samples
+def in_turns(requests: list[tuple[httpx.Client, str]], count: int) -> list[float]:
+    """The p95 (ms) of each request, timed ``count`` times in turns: one of each per round, the
+    order reversed every other round, so that a change of the machine's load (the sizes are
+    served side by side) weighs on every request alike."""
+    for client, path in requests:
+        client.get(path).raise_for_status()  # warm
+    samples: list[list[float]] = [[] for _ in requests]
+    for round_ in range(count):
+        order = list(enumerate(requests))
+        for index, (client, path) in order if round_ % 2 == 0 else reversed(order):
+            began = time.perf_counter()
+            client.get(path).raise_for_status()
+            samples[index].append((time.perf_counter() - began) * 1000)
+    return [percentile(taken, 95) for taken in samples]
 
 
 # Search terms (console search page): a contact name, a phrase in a quarter of all messages,
@@ -237,15 +246,27 @@ SEARCHES = {
     "japanese": "注文番号",
     "short": "注文",
 }
+VIEWS = ("mine", "unassigned", "all", "channel", "messages")
 
 
-def measure(
-    kind: str,
-    conversations: int,
-    samples: int,
-    same_rows: dict[str, int] | None = None,
-    count_queries: bool = False,
-) -> dict[str, float]:
+@dataclass
+class Site:
+    """A seeded database and a server on it: the API (by token) and the console (agent1)."""
+
+    conversations: int
+    env: dict[str, str]
+    api: httpx.Client
+    console: httpx.Client
+    seconds_seeding: float
+    paths: dict[str, str]  # the views
+
+    def search(self, name: str) -> str:
+        rare = self.conversations * PER_CONVERSATION // 2 + 7
+        return f"/search/?{urlencode({'q': SEARCHES[name].format(rare=rare)})}"
+
+
+@contextmanager
+def site(kind: str, conversations: int) -> Iterator[Site]:
     db = Database(kind)
     try:
         db.migrate()
@@ -292,33 +313,39 @@ def measure(
                 "channel": "/conversations?channel=3",
                 "messages": f"/conversations/{some}/messages?limit=50",
             }
-            result = {
-                "seconds_seeding": seeded,
-                "baseline": percentile(timed(api, "/me", samples), 95),
-            }
-            for view, path in paths.items():
-                result[view] = percentile(timed(api, path, samples), 95)
-                result[f"rows {view}"] = len(api.get(path).json()["items"])
-                # A first page the small database cannot fill (an agent's own open
-                # conversations: 4 or 5 of 1,000) is also timed here at the small page's size:
-                # growth with the data, apart from the cost of rendering more rows.
-                rows = (same_rows or {}).get(view)
-                if rows and rows < result[f"rows {view}"]:
-                    sized = f"{path.split('?limit=')[0]}{'&' if '?' in path else '?'}limit={rows}"
-                    result[f"{view} same rows"] = percentile(timed(api, sized, samples), 95)
-            rare = conversations * PER_CONVERSATION // 2 + 7
-            for name, text in SEARCHES.items():
-                query = urlencode({"q": text.format(rare=rare)})
-                result[f"search {name}"] = percentile(
-                    timed(console, f"/search/?{query}", max(samples // 4, 15)), 95
-                )
+            yield Site(conversations, env, api, console, seeded, paths)
         finally:
             stop(server)
-        if count_queries:
-            result["queries_equal"] = float(query_counts_equal(env))
-        return result
     finally:
         db.drop()
+
+
+def measure(low: Site, high: Site, samples: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The p95 of every request on both sizes, timed in turns (in_turns), and the rows of each
+    view's first page."""
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    lo["baseline"], hi["baseline"] = in_turns([(low.api, "/me"), (high.api, "/me")], samples)
+    for view in VIEWS:
+        path_low, path_high = low.paths[view], high.paths[view]
+        lo[f"rows {view}"] = len(low.api.get(path_low).json()["items"])
+        hi[f"rows {view}"] = len(high.api.get(path_high).json()["items"])
+        turns = [(low.api, path_low), (high.api, path_high)]
+        # A first page the small database cannot fill (an agent's own open conversations: 4 or
+        # 5 of 1,000) is also timed on the large one at the small page's size: growth with the
+        # data, apart from the cost of rendering more rows.
+        rows = int(lo[f"rows {view}"])
+        if rows < hi[f"rows {view}"]:
+            sized = f"{path_high.split('?limit=')[0]}{'&' if '?' in path_high else '?'}limit={rows}"
+            turns.append((high.api, sized))
+        timed = in_turns(turns, samples)
+        lo[view], hi[view] = timed[0], timed[1]
+        if len(timed) == 3:
+            hi[f"{view} same rows"] = timed[2]
+    for name in SEARCHES:
+        turns = [(low.console, low.search(name)), (high.console, high.search(name))]
+        lo[f"search {name}"], hi[f"search {name}"] = in_turns(turns, max(samples // 4, 15))
+    return lo, hi
 
 
 def query_counts_equal(env: dict[str, str]) -> bool:
@@ -349,14 +376,16 @@ def query_counts_equal(env: dict[str, str]) -> bool:
 def run(kind: str, quick: bool) -> list[Result]:
     small, large = (1_000, 10_000) if quick else (1_000, 100_000)
     samples = 60 if quick else 200
-    low = measure(kind, small, samples)
-    views = ("mine", "unassigned", "all", "channel", "messages")
-    same_rows = {view: int(low[f"rows {view}"]) for view in views}
-    high = measure(kind, large, samples, same_rows, count_queries=True)
+    # both sizes served side by side and timed in turns: the growth ratios compare requests
+    # made in the same seconds
+    with site(kind, small) as low_site, site(kind, large) as high_site:
+        low, high = measure(low_site, high_site, samples)
+        high["seconds_seeding"] = high_site.seconds_seeding
+        high["queries_equal"] = float(query_counts_equal(high_site.env))
     limit = 20 if kind == "postgres" else 30
     label = f"B4 {kind} ({large * PER_CONVERSATION:,} msgs)"
     results = []
-    for view in views:
+    for view in VIEWS:
         results.append(
             Result(
                 label,
@@ -369,8 +398,7 @@ def run(kind: str, quick: bool) -> list[Result]:
             )
         )
         full = high[view] / low[view] if low[view] else float("nan")
-        # The two sizes are measured minutes apart on a shared machine: the same ratio over
-        # each size's own /me p95 tells data growth from a change of load.
+        # The same ratio over each size's own /me p95: what is left of a change of load.
         to_me = low["baseline"] / high["baseline"] if high["baseline"] else 1.0
         rows_low, rows_high = int(low[f"rows {view}"]), int(high[f"rows {view}"])
         note = f"×{full * to_me:.1f} relative to /me"
@@ -435,4 +463,5 @@ def run(kind: str, quick: bool) -> list[Result]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], int(sys.argv[2]), 30, count_queries=True)))
+    for result in run(sys.argv[1], quick=True):
+        print(result)
