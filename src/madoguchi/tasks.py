@@ -345,9 +345,9 @@ def send_message(job: Job, message_id: int) -> None:
     if later is not None:
         raise later
     maybe_twice = interrupted(job)
-    wait = reserve_send_slot(message.channel, job)
-    if wait > 0:
-        time.sleep(wait)
+    delay = reserve_send_slot(message.channel, job)
+    if delay > 0:
+        time.sleep(delay)
     called_at = time.time()
     try:
         sent = call_platform(provider_for(message.channel), message)
