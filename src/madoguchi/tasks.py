@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -377,7 +377,14 @@ def send_threads() -> ThreadPoolExecutor:
     return _send_threads
 
 
-Planned = tuple[float, Job, Message, bool]  # slot, job, message, maybe sent twice
+class Planned(NamedTuple):
+    """A send of a batch: its reserved slot (unix seconds), job and message, and whether an
+    earlier attempt may have sent it (interrupted)."""
+
+    slot: float
+    job: Job
+    message: Message
+    maybe_twice: bool
 
 
 def send_messages(
@@ -415,7 +422,7 @@ def send_messages(
         channel = group[0][1].channel
         slots = reserve_send_slots(channel, len(group))
         lanes[channel_id] = deque(
-            (slot, job, message, interrupted(job))
+            Planned(slot, job, message, interrupted(job))
             for (job, message), slot in zip(group, slots, strict=False)
         )
         if len(slots) < len(group):
@@ -428,7 +435,7 @@ def send_messages(
 
     def busy() -> set[int]:
         """The numbers with a call in flight."""
-        return {planned[2].channel_id for planned, _called_at in flying.values()}
+        return {planned.message.channel_id for planned, _called_at in flying.values()}
 
     def start(lane: deque[Planned]) -> None:
         """Call the platform for the lane's first send if its slot has come, skipping the sends
@@ -441,7 +448,7 @@ def send_messages(
                 continue
             if slot > time.time():
                 return
-            if job not in still_ours([queued[1] for rest in lanes.values() for queued in rest]):
+            if job not in still_ours([queued.job for rest in lanes.values() for queued in rest]):
                 log.info("job %s was taken over by another worker; skipped", job.pk)
                 lane.popleft()
                 continue
@@ -487,7 +494,7 @@ def send_messages(
             for channel_id, lane in lanes.items():
                 if channel_id not in busy():
                     start(lane)
-            waiting = [lane[0][0] for c, lane in lanes.items() if lane and c not in busy()]
+            waiting = [lane[0].slot for c, lane in lanes.items() if lane and c not in busy()]
             pause = max(min(waiting) - time.time(), 0.0) if waiting else None
             if flying:
                 done, _running = wait(list(flying), timeout=pause, return_when=FIRST_COMPLETED)
@@ -496,8 +503,8 @@ def send_messages(
             elif pause:
                 time.sleep(pause)
     finally:
-        # a batch stopped by an error lets its calls end (their jobs are marked) before the
-        # worker settles them; what was sent is recorded even if a later step failed
+        # a batch stopped by an error lets its calls end first: their jobs stay marked, so their
+        # retries wait for a receipt; what was sent is recorded even if a later step failed
         wait(list(flying))
         with transaction.atomic():
             outbound.do_record_sent_batch(recorded)
